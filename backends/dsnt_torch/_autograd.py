@@ -1,0 +1,105 @@
+"""``torch.autograd.Function`` wrappers over :mod:`dsnt_core._fused_rules`.
+
+The functions use the ``setup_context`` form with ``generate_vmap_rule = True``, so they
+work with ``torch.func.grad``, ``torch.func.vmap`` and ``torch.compile(fullgraph=True)``.
+Only the logits (and the small target, mask and per-heatmap residuals) are saved for
+backward. Double backward is supported: when the backward pass itself is differentiated
+(``create_graph=True``), the residuals are recomputed from the logits with grad enabled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from array_api_compat import torch as xp
+
+from dsnt_core import _fused_rules as rules
+from dsnt_core.reference import composed_dsnt_loss
+
+
+class _SoftArgmax(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits: torch.Tensor, ndim: int, temperature: float) -> Any:
+        coords, residuals = rules.soft_argmax_forward(xp, logits, ndim, temperature)
+        mu = residuals["mu"]
+        return coords, residuals["lse"], mu.clone() if mu is coords else mu
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        logits, ndim, temperature = inputs
+        _, lse, mu = output
+        ctx.mark_non_differentiable(lse, mu)
+        ctx.save_for_backward(logits, lse, mu)
+        ctx.ndim, ctx.temperature = ndim, temperature
+
+    @staticmethod
+    def backward(ctx: Any, grad_coords: torch.Tensor, _lse: Any, _mu: Any) -> Any:
+        logits, lse, mu = ctx.saved_tensors
+        residuals = {"lse": lse, "mu": mu}
+        if torch.is_grad_enabled():  # differentiating the backward pass: residuals must depend on logits
+            _, residuals = rules.soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature)
+        grad = rules.soft_argmax_backward(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature)
+        return grad, None, None
+
+
+def _residual_keys(options: rules.LossOptions) -> tuple[str, ...]:
+    extra = {"var": ("var",), "kl": ("divergence",), "js": ("divergence",)}
+    return ("lse", "mu", *extra.get(options.regularizer, ()))
+
+
+class _DsntLoss(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions
+    ) -> Any:
+        loss, residuals = rules.dsnt_loss_forward(xp, logits, target, mask, options)
+        return (loss.to(logits.dtype), *(residuals[k] for k in _residual_keys(options)))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        logits, target, mask, options = inputs
+        residuals = output[1:]
+        ctx.mark_non_differentiable(*residuals)
+        ctx.has_mask = mask is not None
+        ctx.save_for_backward(logits, target, *((mask,) if ctx.has_mask else ()), *residuals)
+        ctx.options = options
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_residual_grads: Any) -> Any:
+        saved = list(ctx.saved_tensors)
+        logits, target = saved[0], saved[1]
+        mask = saved[2] if ctx.has_mask else None
+        keys = _residual_keys(ctx.options)
+        residuals = dict(zip(keys, saved[3 if ctx.has_mask else 2 :]))
+        if torch.is_grad_enabled():
+            _, residuals = rules.dsnt_loss_forward(xp, logits, target, mask, ctx.options)
+        grad = rules.dsnt_loss_backward(xp, logits, target, mask, residuals, grad_loss, ctx.options)
+        return grad, None, None, None
+
+
+def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float) -> torch.Tensor:
+    """Fused soft-argmax with the core's gradient rule (inputs already validated)."""
+    coords, _, _ = _SoftArgmax.apply(logits, ndim, temperature)
+    return coords
+
+
+def dsnt_loss(
+    logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions
+) -> torch.Tensor:
+    """Fused DSNT loss with the core's gradient rule (inputs already validated).
+
+    A target or mask that requires a gradient takes the composed (unfused) path, so that
+    its gradient is exact too.
+    """
+    if target.requires_grad or (mask is not None and mask.requires_grad):
+        return composed_dsnt_loss(
+            logits, target, sigma=options.sigma, regularizer=options.regularizer,
+            reg_weight=options.reg_weight, mask=mask, ndim=options.ndim,
+            temperature=options.temperature,
+        )
+    return _DsntLoss.apply(logits, target, mask, options)[0]

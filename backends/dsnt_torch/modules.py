@@ -1,0 +1,97 @@
+"""``torch.nn.Module`` conveniences: a DSNT head and the DSNT loss."""
+
+from __future__ import annotations
+
+import torch
+
+import dsnt_core
+
+
+class DSNTHead(torch.nn.Module):
+    """Turn features or logits into coordinates (and optionally the heatmaps).
+
+    Parameters
+    ----------
+    in_channels : int, optional
+        When given with ``num_points``, a 1x1 convolution first maps features of
+        ``in_channels`` channels to one logit map per point (as in the DSNT paper).
+    num_points : int, optional
+        Number of points (output channels of the 1x1 convolution).
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    temperature : float
+        Softmax temperature.
+    return_heatmaps : bool
+        Also return the normalised heatmaps (computed only when asked for).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from dsnt_torch import DSNTHead
+    >>> head = DSNTHead(in_channels=8, num_points=3)
+    >>> head(torch.randn(2, 8, 16, 16)).shape
+    torch.Size([2, 3, 2])
+    """
+
+    def __init__(
+        self,
+        in_channels: int | None = None,
+        num_points: int | None = None,
+        *,
+        ndim: int = 2,
+        temperature: float = 1.0,
+        return_heatmaps: bool = False,
+    ) -> None:
+        super().__init__()
+        if (in_channels is None) != (num_points is None):
+            raise ValueError(
+                f"in_channels and num_points must be given together, got {in_channels} and {num_points}"
+            )
+        conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}.get(ndim)
+        if conv is None:
+            raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
+        self.to_logits = conv(in_channels, num_points, 1) if in_channels is not None else None
+        self.ndim, self.temperature, self.return_heatmaps = ndim, temperature, return_heatmaps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = self.to_logits(x) if self.to_logits is not None else x
+        coords = dsnt_core.soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
+        if not self.return_heatmaps:
+            return coords
+        heatmaps = dsnt_core.flat_softmax(logits, ndim=self.ndim, temperature=self.temperature)
+        return coords, heatmaps
+
+
+class DSNTLoss(torch.nn.Module):
+    """The DSNT loss from logits, `dsnt_core.dsnt_loss`, as a module.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from dsnt_torch import DSNTLoss
+    >>> loss = DSNTLoss(sigma=1.0, regularizer="js")
+    >>> logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    >>> loss(logits, torch.zeros(2, 3, 2)).backward()
+    >>> logits.grad.shape
+    torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(
+        self,
+        *,
+        sigma: float = 1.0,
+        regularizer: str | None = "js",
+        reg_weight: float = 1.0,
+        ndim: int = 2,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.options = dict(
+            sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim,
+            temperature=temperature,
+        )
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return dsnt_core.dsnt_loss(logits, target, mask=mask, **self.options)

@@ -1,0 +1,133 @@
+"""Coordinate grids and conversions between pixel and normalised coordinates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from ._array_utils import Array, Namespace, device_of, namespace_of
+from ._validation import check_floating, check_size
+
+
+def normalized_linspace(
+    n: int,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    xp: Namespace | None = None,
+    align_corners: bool = False,
+) -> Array:
+    """Normalised coordinates of the ``n`` pixels along one axis.
+
+    With ``align_corners=False`` (the DSNT paper's convention) the values are the pixel
+    centres ``(2 j + 1 - n) / n`` for ``j = 0 .. n-1``, strictly inside (-1, 1).
+    With ``align_corners=True`` (kornia's convention) they run from -1 to 1 inclusive;
+    a single pixel sits at 0.
+
+    Parameters
+    ----------
+    n : int
+        Number of pixels, at least 1.
+    dtype : dtype, optional
+        Floating dtype of the result; the namespace's default float when omitted.
+    device : device, optional
+        Device of the result.
+    xp : namespace, optional
+        Array namespace to build with; NumPy (through array-api-compat) when omitted.
+    align_corners : bool
+        Use the corner convention instead of pixel centres.
+
+    Returns
+    -------
+    array of shape (n,)
+
+    Examples
+    --------
+    >>> import dsnt_core
+    >>> dsnt_core.normalized_linspace(4).tolist()
+    [-0.75, -0.25, 0.25, 0.75]
+    >>> dsnt_core.normalized_linspace(3, align_corners=True).tolist()
+    [-1.0, 0.0, 1.0]
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if xp is None:
+        xp = array_api_compat.array_namespace(array_api_compat.numpy.asarray(0.0))
+    if dtype is None:
+        dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+    index = xp.arange(n, dtype=dtype, device=device)
+    if align_corners:
+        return index * (2.0 / (n - 1)) - 1.0 if n > 1 else index
+    return (2.0 * index + (1.0 - n)) / n
+
+
+def _sizes_along_coordinates(xp: Namespace, coords: Array, size: tuple[int, ...]) -> Array:
+    """``size`` reversed into (x, y[, z]) order as an array matching ``coords``."""
+    return xp.asarray(tuple(float(n) for n in reversed(size)), dtype=coords.dtype, device=device_of(coords))
+
+
+def pixel_to_normalized(coords: Array, /, size: Any, *, align_corners: bool = False) -> Array:
+    """Convert pixel coordinates (pixel ``j`` has its centre at ``j``) to normalised ones.
+
+    Parameters
+    ----------
+    coords : array of shape (..., ndim)
+        Pixel coordinates in (x, y[, z]) order.
+    size : sequence of int
+        Heatmap size in array-axis order (..., H, W), as dsntnn.
+    align_corners : bool
+        Target the corner convention (``-1`` and ``1`` at the outer pixel centres).
+
+    Returns
+    -------
+    array of shape (..., ndim)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> dsnt_core.pixel_to_normalized(np.asarray([0.0, 3.0]), (4, 4)).tolist()
+    [-0.75, 0.75]
+    """
+    xp = namespace_of(coords=coords)
+    check_floating(xp, coords, "coords")
+    size = check_size(size, "size", expected_len=coords.shape[-1])
+    n = _sizes_along_coordinates(xp, coords, size)
+    if align_corners:
+        return xp.where(n > 1, 2.0 * coords / xp.maximum(n - 1.0, xp.ones_like(n)) - 1.0, 0.0 * coords)
+    return (2.0 * coords + 1.0) / n - 1.0
+
+
+def normalized_to_pixel(coords: Array, /, size: Any, *, align_corners: bool = False) -> Array:
+    """Convert normalised coordinates to pixel coordinates; the inverse of `pixel_to_normalized`.
+
+    Parameters
+    ----------
+    coords : array of shape (..., ndim)
+        Normalised coordinates in (x, y[, z]) order.
+    size : sequence of int
+        Heatmap size in array-axis order (..., H, W).
+    align_corners : bool
+        Read ``coords`` in the corner convention.
+
+    Returns
+    -------
+    array of shape (..., ndim)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> dsnt_core.normalized_to_pixel(np.asarray([-0.75, 0.75]), (4, 4)).tolist()
+    [0.0, 3.0]
+    """
+    xp = namespace_of(coords=coords)
+    check_floating(xp, coords, "coords")
+    size = check_size(size, "size", expected_len=coords.shape[-1])
+    n = _sizes_along_coordinates(xp, coords, size)
+    if align_corners:
+        return (coords + 1.0) * (n - 1.0) / 2.0
+    return ((coords + 1.0) * n - 1.0) / 2.0

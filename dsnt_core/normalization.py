@@ -1,0 +1,141 @@
+"""Turning logits into heatmaps: non-negative arrays that sum to one over the spatial axes."""
+
+from __future__ import annotations
+
+from ._array_utils import (
+    Array,
+    Namespace,
+    namespace_of,
+    safe_where_positive,
+    spatial_axes,
+    spatial_size,
+    to_compute,
+    to_dtype,
+)
+from ._validation import (
+    NORMALIZATION_METHODS,
+    check_choice,
+    check_ndim,
+    check_positive_finite,
+    check_spatial,
+)
+
+
+def _normalize_weights(xp: Namespace, weights: Array, ndim: int) -> Array:
+    """Divide non-negative weights by their sum; a heatmap with no mass becomes uniform.
+
+    The weights are first scaled by their maximum, so huge values cannot overflow the sum.
+    """
+    axes = spatial_axes(ndim)
+    peak = xp.max(weights, axis=axes, keepdims=True)
+    scaled = weights / safe_where_positive(xp, peak, 1.0)
+    total = xp.sum(scaled, axis=axes, keepdims=True)
+    uniform = 1.0 / spatial_size(weights, ndim)
+    return xp.where(total > 0, scaled / safe_where_positive(xp, total, 1.0), uniform)
+
+
+def softmax_parts(
+    xp: Namespace, log_weights: Array, ndim: int
+) -> tuple[Array, Array, Array, Array]:
+    """Stable pieces of a softmax over the spatial axes.
+
+    Returns ``(peak, shifted, exp_shifted, total)``: ``peak`` is the maximum (replaced by 0
+    for a heatmap that is entirely ``-inf``), ``shifted = log_weights - peak``,
+    ``exp_shifted = exp(shifted)`` and ``total`` its sum; ``peak`` and ``total`` keep dims.
+    """
+    axes = spatial_axes(ndim)
+    peak = xp.max(log_weights, axis=axes, keepdims=True)
+    peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
+    shifted = log_weights - peak
+    exp_shifted = xp.exp(shifted)
+    return peak, shifted, exp_shifted, xp.sum(exp_shifted, axis=axes, keepdims=True)
+
+
+def _softmax(xp: Namespace, log_weights: Array, ndim: int) -> Array:
+    _, _, exp_shifted, total = softmax_parts(xp, log_weights, ndim)
+    uniform = 1.0 / spatial_size(log_weights, ndim)
+    return xp.where(total > 0, exp_shifted / safe_where_positive(xp, total, 1.0), uniform)
+
+
+def _log_sigmoid(xp: Namespace, x: Array) -> Array:
+    """``log(sigmoid(x))`` without overflow: ``min(x, 0) - log1p(exp(-|x|))``."""
+    return xp.minimum(x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def normalize_heatmaps(
+    logits: Array, /, *, ndim: int = 2, method: str = "softmax", temperature: float = 1.0
+) -> Array:
+    """Normalise logits into heatmaps that are non-negative and sum to one per heatmap.
+
+    Parameters
+    ----------
+    logits : array of shape (..., *spatial)
+        Unnormalised scores; the last ``ndim`` axes are spatial.
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    method : {"softmax", "abs", "relu", "sigmoid"}
+        The DSNT paper's four choices. ``"softmax"`` exponentiates (stable for huge or
+        ``-inf`` logits); the others apply ``abs``, ``max(x, 0)`` or the logistic sigmoid
+        and divide by the sum.
+    temperature : float
+        The logits are divided by ``temperature`` first (it has no effect for ``"abs"``
+        and ``"relu"``, which are scale-invariant). kornia's ``temperature`` multiplies
+        instead: kornia's ``t`` is our ``1 / t``.
+
+    Returns
+    -------
+    array of the same shape and dtype as ``logits``
+        A heatmap whose weights are all zero (all ``-inf`` logits for softmax, all
+        non-positive ones for relu) comes back uniform, never NaN. float16 and bfloat16
+        inputs are computed in float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> p = dsnt_core.normalize_heatmaps(np.asarray([[0.0, 0.0], [0.0, np.log(5.0)]]))
+    >>> p.round(3).tolist()
+    [[0.125, 0.125], [0.125, 0.625]]
+    """
+    xp = namespace_of(logits=logits)
+    ndim = check_ndim(ndim)
+    check_spatial(xp, logits, "logits", ndim)
+    check_choice(method, "method", NORMALIZATION_METHODS)
+    temperature = check_positive_finite(temperature, "temperature")
+    z = to_compute(xp, logits)
+    if temperature != 1.0:
+        z = z / temperature
+    if method == "softmax":
+        heatmaps = _softmax(xp, z, ndim)
+    elif method == "sigmoid":
+        heatmaps = _softmax(xp, _log_sigmoid(xp, z), ndim)
+    elif method == "abs":
+        heatmaps = _normalize_weights(xp, xp.abs(z), ndim)
+    else:
+        heatmaps = _normalize_weights(xp, xp.maximum(z, xp.zeros_like(z)), ndim)
+    return to_dtype(xp, heatmaps, logits.dtype)
+
+
+def flat_softmax(logits: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> Array:
+    """Softmax over the last ``ndim`` axes taken together (dsntnn's ``flat_softmax``).
+
+    Parameters
+    ----------
+    logits : array of shape (..., *spatial)
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    temperature : float
+        Softmax temperature: ``softmax(logits / temperature)``.
+
+    Returns
+    -------
+    array of the same shape and dtype as ``logits``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> dsnt_core.flat_softmax(np.zeros((1, 2, 2))).tolist()
+    [[[0.25, 0.25], [0.25, 0.25]]]
+    """
+    return normalize_heatmaps(logits, ndim=ndim, method="softmax", temperature=temperature)
