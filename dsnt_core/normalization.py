@@ -79,8 +79,8 @@ def normalize_heatmaps(
         and divide by the sum.
     temperature : float
         The logits are divided by ``temperature`` first (it has no effect for ``"abs"``
-        and ``"relu"``, which are scale-invariant). kornia's ``temperature`` multiplies
-        instead: kornia's ``t`` is our ``1 / t``.
+        and ``"relu"``, which are scale-invariant). kornia 0.9 divides by its
+        ``temperature`` too (some older kornia releases multiplied by it).
 
     Returns
     -------

@@ -1,0 +1,176 @@
+"""Properties of the core that must hold on every backend, with shapes, dtypes and values drawn."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from _support import BACKEND_NAMES, assert_close, make_backend, skip_reason
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import logits_arrays, targets_for
+
+import dsnt_core
+
+METHODS = ["softmax", "abs", "relu", "sigmoid"]
+
+
+def one_hot(shape, index):
+    heatmap = np.zeros(shape)
+    heatmap[index] = 1.0
+    return heatmap
+
+
+@given(data=logits_arrays(), method=st.sampled_from(METHODS), temperature=st.sampled_from([0.5, 1.0, 3.0]))
+def test_normalized_heatmaps_are_distributions(backend, data, method, temperature):
+    logits, ndim = data
+    p = backend.to_numpy(
+        dsnt_core.normalize_heatmaps(backend.asarray(logits), ndim=ndim, method=method, temperature=temperature)
+    )
+    assert p.shape == logits.shape
+    assert (p >= 0).all()
+    assert_close(p.sum(axis=tuple(range(-ndim, 0))), np.ones(logits.shape[: logits.ndim - ndim]))
+
+
+@given(data=logits_arrays(), shift=st.floats(-50, 50))
+def test_softmax_is_shift_invariant(backend, data, shift):
+    logits, ndim = data
+    a = dsnt_core.flat_softmax(backend.asarray(logits), ndim=ndim)
+    b = dsnt_core.flat_softmax(backend.asarray(logits + shift), ndim=ndim)
+    assert_close(backend.to_numpy(a), backend.to_numpy(b), rtol=1e-9, atol=1e-12)
+
+
+@given(data=st.data(), ndim=st.integers(1, 3))
+def test_one_hot_heatmap_gives_its_pixel_centre(backend, data, ndim):
+    spatial = tuple(data.draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim)))
+    index = tuple(data.draw(st.integers(0, n - 1)) for n in spatial)
+    coords = backend.to_numpy(dsnt_core.dsnt(backend.asarray(one_hot(spatial, index)), ndim=ndim))
+    expected = [(2 * i + 1 - n) / n for i, n in zip(reversed(index), reversed(spatial))]
+    assert_close(coords, np.asarray(expected), atol=1e-15)
+
+
+@given(data=logits_arrays())
+def test_dsnt_stays_inside_the_open_square(backend, data):
+    logits, ndim = data
+    coords = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(logits), ndim=ndim))
+    assert coords.shape == (*logits.shape[: logits.ndim - ndim], ndim)
+    assert (np.abs(coords) < 1).all()
+
+
+@given(data=st.data())
+def test_shifting_a_heatmap_shifts_the_coordinate(backend, data):
+    width = data.draw(st.integers(2, 12))
+    k = data.draw(st.integers(1, width - 1))
+    weights = data.draw(st.lists(st.floats(0.01, 1.0), min_size=width - k, max_size=width - k))
+    base = np.zeros((3, width))
+    base[1, : width - k] = weights
+    base /= base.sum()
+    shifted = np.roll(base, k, axis=1)
+    a = backend.to_numpy(dsnt_core.dsnt(backend.asarray(base)))
+    b = backend.to_numpy(dsnt_core.dsnt(backend.asarray(shifted)))
+    assert_close(b - a, np.asarray([2 * k / width, 0.0]), atol=1e-12)
+
+
+@given(data=logits_arrays(), axis=st.integers(0, 2))
+def test_flipping_an_axis_negates_that_coordinate(backend, data, axis):
+    logits, ndim = data
+    axis = axis % ndim
+    flipped = np.flip(logits, axis=logits.ndim - 1 - axis).copy()
+    a = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(logits), ndim=ndim))
+    b = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(flipped), ndim=ndim))
+    expected = a.copy()
+    expected[..., axis] = -expected[..., axis]
+    assert_close(b, expected, atol=1e-12)
+
+
+@given(data=logits_arrays(ndim=2))
+def test_transposing_swaps_x_and_y(backend, data):
+    logits, _ = data
+    a = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(logits)))
+    b = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(np.swapaxes(logits, -1, -2).copy())))
+    assert_close(b, a[..., ::-1], atol=1e-12)
+
+
+@given(data=logits_arrays())
+def test_leading_axes_are_independent(backend, data):
+    logits, ndim = data
+    if logits.ndim == ndim:
+        logits = logits[None]
+    stack = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(logits), ndim=ndim))
+    first = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(logits[:1].copy()), ndim=ndim))
+    perturbed = logits.copy()
+    perturbed[1:] = perturbed[1:] * 2.0 - 1.0
+    again = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(perturbed), ndim=ndim))
+    assert_close(stack[:1], first, atol=1e-12)
+    assert_close(again[:1], first, atol=1e-12)
+
+
+@given(data=st.data(), sigma=st.floats(0.3, 3.0))
+def test_divergences_are_bounded_and_vanish_at_the_target(backend, data, sigma):
+    logits, ndim = data.draw(logits_arrays(min_side=2))
+    target = data.draw(targets_for(logits.shape, ndim))
+    heatmaps = dsnt_core.flat_softmax(backend.asarray(logits), ndim=ndim)
+    t = backend.asarray(target)
+    kl = backend.to_numpy(dsnt_core.kl_regularizer(heatmaps, t, sigma))
+    js = backend.to_numpy(dsnt_core.js_regularizer(heatmaps, t, sigma))
+    assert (kl >= -1e-12).all()
+    assert ((js >= -1e-12) & (js <= math.log(2) + 1e-12)).all()
+    gauss = dsnt_core.gaussian_heatmaps(t, logits.shape[-ndim:], sigma)
+    assert_close(backend.to_numpy(dsnt_core.kl_regularizer(gauss, t, sigma)), np.zeros(kl.shape), atol=1e-12)
+    assert_close(backend.to_numpy(dsnt_core.js_regularizer(gauss, t, sigma)), np.zeros(js.shape), atol=1e-12)
+
+
+@given(data=st.data())
+def test_gaussian_dsnt_is_its_mean_away_from_the_borders(backend, data):
+    ndim = data.draw(st.integers(1, 3))
+    size = tuple(data.draw(st.lists(st.integers(24, 40), min_size=ndim, max_size=ndim)))
+    sigma = data.draw(st.floats(1.0, 2.0))  # below ~1 pixel, sampling biases the mean
+    # Keep the mean 5 sigma (in pixels) from every border: the truncated tails are negligible.
+    margin = [1 - 2 * (5 * sigma + 1) / n for n in reversed(size)]
+    means = np.asarray([data.draw(st.floats(-m, m)) for m in margin])
+    gauss = dsnt_core.gaussian_heatmaps(backend.asarray(means), size, sigma)
+    assert_close(backend.to_numpy(dsnt_core.dsnt(gauss, ndim=ndim)), means, atol=1e-6)
+    variance = backend.to_numpy(dsnt_core.heatmap_variance(gauss, ndim=ndim))
+    assert_close(variance, np.asarray([(2 * sigma / n) ** 2 for n in reversed(size)]), rtol=1e-2)
+
+
+@given(data=st.data(), regularizer=st.sampled_from(["js", "kl", "var", None]))
+def test_results_agree_across_backends(data, regularizer):
+    logits, ndim = data.draw(logits_arrays(min_side=2))
+    target = data.draw(targets_for(logits.shape, ndim))
+    results = {}
+    for name in BACKEND_NAMES:
+        if skip_reason(name) is not None:
+            continue
+        b = make_backend(name)
+        z, t = b.asarray(logits), b.asarray(target)
+        results[name] = (
+            b.to_numpy(dsnt_core.soft_argmax(z, ndim=ndim)),
+            b.to_numpy(dsnt_core.dsnt_loss(z, t, ndim=ndim, regularizer=regularizer, sigma=1.0)),
+        )
+    assert len(results) >= 2
+    reference = results.pop("numpy")
+    for name, (coords, loss) in results.items():
+        assert_close(coords, reference[0], rtol=1e-10, atol=1e-12)
+        assert_close(loss, reference[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_pixel_conversions_round_trip(backend, align_corners):
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 9, size=(4, 3, 2))
+    size = (10, 7)
+    normalized = dsnt_core.pixel_to_normalized(backend.asarray(pixels), size, align_corners=align_corners)
+    back = dsnt_core.normalized_to_pixel(normalized, size, align_corners=align_corners)
+    assert_close(backend.to_numpy(back), pixels, atol=1e-12)
+    centre = dsnt_core.pixel_to_normalized(backend.asarray(np.asarray([3.0, 4.5])), size)
+    assert_close(backend.to_numpy(centre), np.asarray([0.0, 0.0]), atol=1e-15)
+
+
+def test_normalized_linspace_matches_both_conventions(backend):
+    centres = dsnt_core.normalized_linspace(4, xp=backend.xp)
+    corners = dsnt_core.normalized_linspace(5, xp=backend.xp, align_corners=True)
+    assert_close(backend.to_numpy(centres), np.asarray([-0.75, -0.25, 0.25, 0.75]), atol=1e-15)
+    assert_close(backend.to_numpy(corners), np.linspace(-1, 1, 5), atol=1e-15)
+    assert_close(backend.to_numpy(dsnt_core.normalized_linspace(1, xp=backend.xp, align_corners=True)), [0.0])
