@@ -64,6 +64,9 @@ def namespace_of(**arrays: Array) -> Namespace:
 
 def device_of(x: Array) -> Any:
     """Device of ``x`` as the array API defines it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.device
     return array_api_compat.device(x)
 
 

@@ -63,11 +63,16 @@ def test_jax_fused_loss_gradient_equals_autodiff_of_the_composition(case):
     logits, target, mask, options = case
     t = jnp.asarray(target)
     m = None if mask is None else jnp.asarray(mask)
-    fused = jax.value_and_grad(lambda z: dsnt_core.dsnt_loss(z, t, mask=m, **options))(jnp.asarray(logits))
-    composed = jax.value_and_grad(lambda z: composed_dsnt_loss(z, t, mask=m, **options))(jnp.asarray(logits))
+    # Under jit: one compilation per case instead of one per primitive.
+    fused = jax.jit(jax.value_and_grad(lambda z: dsnt_core.dsnt_loss(z, t, mask=m, **options)))(
+        jnp.asarray(logits)
+    )
+    composed = jax.jit(jax.value_and_grad(lambda z: composed_dsnt_loss(z, t, mask=m, **options)))(
+        jnp.asarray(logits)
+    )
     assert_close(np.asarray(fused[0]), np.asarray(composed[0]))
     assert_close(np.asarray(fused[1]), np.asarray(composed[1]), rtol=1e-8, atol=1e-12)
-    forward = jax.jacfwd(lambda z: dsnt_core.dsnt_loss(z, t, mask=m, **options))(jnp.asarray(logits))
+    forward = jax.jit(jax.jacfwd(lambda z: dsnt_core.dsnt_loss(z, t, mask=m, **options)))(jnp.asarray(logits))
     assert_close(np.asarray(forward), np.asarray(composed[1]), rtol=1e-8, atol=1e-12)
 
 
@@ -135,9 +140,9 @@ def test_soft_argmax_jacobians_equal_autodiff_of_the_composition(case):
     def composed(a):
         return dsnt_core.dsnt(dsnt_core.flat_softmax(a, ndim=ndim, temperature=temperature), ndim=ndim)
 
-    expected = np.asarray(jax.jacrev(composed)(z))
-    assert_close(np.asarray(jax.jacrev(fused)(z)), expected, rtol=1e-8, atol=1e-12)
-    assert_close(np.asarray(jax.jacfwd(fused)(z)), expected, rtol=1e-8, atol=1e-12)
+    expected = np.asarray(jax.jit(jax.jacrev(composed))(z))
+    assert_close(np.asarray(jax.jit(jax.jacrev(fused))(z)), expected, rtol=1e-8, atol=1e-12)
+    assert_close(np.asarray(jax.jit(jax.jacfwd(fused))(z)), expected, rtol=1e-8, atol=1e-12)
 
 
 def test_torch_double_backward_equals_the_composition():
