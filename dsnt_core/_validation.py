@@ -81,11 +81,11 @@ def check_coordinates(
 
 
 def check_mask(xp: Namespace, mask: Array | None, expected_shape: tuple[int, ...]) -> None:
-    """Validate an optional mask of per-point weights (boolean or floating)."""
+    """Validate an optional mask of per-point weights (boolean, integer or floating)."""
     if mask is None:
         return
-    if not (xp.isdtype(mask.dtype, "bool") or xp.isdtype(mask.dtype, "real floating")):
-        raise TypeError(f"mask must have a bool or real floating dtype, got {mask.dtype}")
+    if not xp.isdtype(mask.dtype, ("bool", "integral", "real floating")):
+        raise TypeError(f"mask must have a bool, integer or real floating dtype, got {mask.dtype}")
     if tuple(mask.shape) != tuple(expected_shape):
         raise ValueError(f"mask must have shape {tuple(expected_shape)}, got {tuple(mask.shape)}")
 

@@ -13,6 +13,8 @@ The definitions and units match dsntnn, so that it is a direct oracle:
 
 from __future__ import annotations
 
+import math
+
 from ._array_utils import (
     Array,
     Namespace,
@@ -96,7 +98,7 @@ def average_loss(losses: Array, /, *, mask: Array | None = None) -> Array:
     xp = namespace_of(losses=losses, mask=mask)
     check_floating(xp, losses, "losses")
     if mask is None:
-        return xp.mean(losses) if losses.size != 0 else xp.sum(losses)
+        return xp.mean(losses) if math.prod(losses.shape) != 0 else xp.sum(losses)
     check_mask(xp, mask, tuple(losses.shape))
     weights = xp.astype(mask, losses.dtype)
     total = xp.sum(weights)

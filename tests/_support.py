@@ -34,11 +34,21 @@ class Backend:
             return jnp.asarray(array).astype(getattr(jnp, dtype))
         return self.xp.asarray(np.asarray(array, dtype=dtype))
 
+    def jit(self, fn: Any) -> Any:
+        """``jax.jit(fn)`` for JAX (one compilation instead of one per primitive), else ``fn``."""
+        if self.name == "jax":
+            import jax
+
+            return jax.jit(fn)
+        return fn
+
     def to_numpy(self, array: Any) -> np.ndarray:
         if self.name == "torch":
             return array.detach().to("cpu").double().numpy() if array.is_floating_point() else array.numpy()
         if self.name == "cupy":
             return array.get()
+        if self.name == "jax" and str(array.dtype) in ("bfloat16", "float16"):
+            return np.asarray(array.astype("float32"), dtype=np.float64)
         if self.name == "array_api_strict":
             return np.asarray(array.__array__() if hasattr(array, "__array__") else array)
         return np.asarray(array, dtype=np.float64) if np.asarray(array).dtype.kind == "f" else np.asarray(array)
