@@ -101,9 +101,7 @@ def recompute_softmax(xp: Namespace, u: Array, lse: Array, ndim: int) -> Array:
 # --------------------------------------------------------------------------- soft_argmax
 
 
-def soft_argmax_forward(
-    xp: Namespace, logits: Array, ndim: int, temperature: float
-) -> tuple[Array, dict[str, Array]]:
+def soft_argmax_forward(xp: Namespace, logits: Array, ndim: int, temperature: float) -> tuple[Array, dict[str, Array]]:
     """Coordinates of ``softmax(logits / T)`` (input dtype) and the residuals for its rules."""
     u = _scaled_logits(xp, logits, temperature)
     stats = _softmax_statistics(xp, u, ndim)
@@ -147,9 +145,7 @@ def soft_argmax_jvp(
     weighted = p * to_dtype(xp, tangent, u.dtype)
     grids = coordinate_grids(xp, u, ndim)
     total = xp.sum(weighted, axis=spatial_axes(ndim))
-    coords = [
-        xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, weighted, ndim), grids)
-    ]
+    coords = [xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, weighted, ndim), grids)]
     result = xp.stack(coords, axis=-1) - residuals["mu"] * total[..., None]
     if temperature != 1.0:
         result = result / temperature
@@ -170,9 +166,7 @@ def point_weights(xp: Namespace, mask: Array | None, shape: tuple[int, ...], lik
 
 def _variance_scale(xp: Namespace, u: Array, ndim: int) -> Array:
     """``(n_k / 2) ** 2`` per axis, (x, y[, z]) order: normalised to pixel variance units."""
-    return xp.asarray(
-        [(u.shape[-1 - k] / 2.0) ** 2 for k in range(ndim)], dtype=u.dtype, device=device_of(u)
-    )
+    return xp.asarray([(u.shape[-1 - k] / 2.0) ** 2 for k in range(ndim)], dtype=u.dtype, device=device_of(u))
 
 
 def _tiny(xp: Namespace, x: Array) -> Array:
@@ -200,13 +194,10 @@ def dsnt_loss_forward(
         size = tuple(u.shape[-ndim:])
         log_factors = log_gaussian_factors(xp, t, size, options.sigma)
         expected_shift = (
-            xp.sum(stats["exp_shifted"] * _floor(xp, stats["shifted"]), axis=spatial_axes(ndim))
-            * stats["inv_total"]
+            xp.sum(stats["exp_shifted"] * _floor(xp, stats["shifted"]), axis=spatial_axes(ndim)) * stats["inv_total"]
         )
         uniform_neg_entropy = -math.log(spatial_size(u, ndim))
-        neg_entropy = xp.where(
-            stats["has_mass"], expected_shift - stats["log_total"], uniform_neg_entropy
-        )
+        neg_entropy = xp.where(stats["has_mass"], expected_shift - stats["log_total"], uniform_neg_entropy)
         cross = sum(xp.sum(m * lg, axis=-1) for m, lg in zip(margins, log_factors))
         if options.regularizer == "kl":
             divergence = neg_entropy - cross

@@ -50,8 +50,7 @@ def check_floating(xp: Namespace, x: Array, name: str) -> None:
     """Raise ``TypeError`` unless ``x`` has a real floating dtype."""
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(
-            f"{name} must have a real floating dtype (float16, bfloat16, float32 or float64), "
-            f"got {x.dtype}"
+            f"{name} must have a real floating dtype (float16, bfloat16, float32 or float64), got {x.dtype}"
         )
 
 
@@ -60,16 +59,13 @@ def check_spatial(xp: Namespace, x: Array, name: str, ndim: int) -> None:
     check_floating(xp, x, name)
     if x.ndim < ndim:
         raise ValueError(
-            f"{name} must have at least ndim={ndim} axes (..., {_spatial_names(ndim)}), "
-            f"got shape {tuple(x.shape)}"
+            f"{name} must have at least ndim={ndim} axes (..., {_spatial_names(ndim)}), got shape {tuple(x.shape)}"
         )
     if any(n == 0 for n in x.shape[-ndim:]):
         raise ValueError(f"{name} must have non-empty spatial axes, got shape {tuple(x.shape)}")
 
 
-def check_coordinates(
-    xp: Namespace, coords: Array, name: str, heatmaps: Array, ndim: int, heatmaps_name: str
-) -> None:
+def check_coordinates(xp: Namespace, coords: Array, name: str, heatmaps: Array, ndim: int, heatmaps_name: str) -> None:
     """Validate coordinates of shape (..., ndim) that belong to heatmaps of shape (..., *spatial)."""
     check_floating(xp, coords, name)
     expected = (*heatmaps.shape[: heatmaps.ndim - ndim], ndim)
@@ -94,17 +90,14 @@ def check_size(size: object, name: str, expected_len: int | None = None) -> tupl
     """Validate a spatial size: a sequence of 1 to 3 positive ints in array-axis order."""
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size,)
-    if not isinstance(size, Sequence) or not all(
-        isinstance(n, int) and not isinstance(n, bool) for n in size
-    ):
+    if not isinstance(size, Sequence) or not all(isinstance(n, int) and not isinstance(n, bool) for n in size):
         raise TypeError(f"{name} must be a sequence of ints in array-axis order (..., H, W), got {size!r}")
     size = tuple(size)
     if not 1 <= len(size) <= 3 or any(n <= 0 for n in size):
         raise ValueError(f"{name} must hold 1 to 3 positive ints, got {size}")
     if expected_len is not None and len(size) != expected_len:
         raise ValueError(
-            f"{name} must have {expected_len} entries to match the last axis of the coordinates, "
-            f"got {size}"
+            f"{name} must have {expected_len} entries to match the last axis of the coordinates, got {size}"
         )
     return size
 

@@ -21,9 +21,7 @@ def marginals(xp: Namespace, heatmaps: Array, ndim: int) -> list[Array]:
     return result
 
 
-def coordinate_grids(
-    xp: Namespace, heatmaps: Array, ndim: int, *, align_corners: bool = False
-) -> list[Array]:
+def coordinate_grids(xp: Namespace, heatmaps: Array, ndim: int, *, align_corners: bool = False) -> list[Array]:
     """1-D coordinate grids of the spatial axes in (x, y[, z]) order, in ``heatmaps``' dtype."""
     return [
         normalized_linspace(
@@ -37,14 +35,10 @@ def coordinate_grids(
     ]
 
 
-def moments(
-    xp: Namespace, margins: list[Array], grids: list[Array]
-) -> tuple[Array, Array]:
+def moments(xp: Namespace, margins: list[Array], grids: list[Array]) -> tuple[Array, Array]:
     """Means and variances (..., ndim) of the coordinate under each marginal."""
     means = [xp.sum(m * g, axis=-1) for m, g in zip(margins, grids)]
-    variances = [
-        xp.sum(m * (g - mean[..., None]) ** 2, axis=-1) for m, g, mean in zip(margins, grids, means)
-    ]
+    variances = [xp.sum(m * (g - mean[..., None]) ** 2, axis=-1) for m, g, mean in zip(margins, grids, means)]
     return xp.stack(means, axis=-1), xp.stack(variances, axis=-1)
 
 

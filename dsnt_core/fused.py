@@ -73,9 +73,7 @@ def soft_argmax(logits: Array, /, *, ndim: int = 2, temperature: float = 1.0) ->
     return coords
 
 
-def soft_argmax_vjp(
-    logits: Array, cotangent: Array, /, *, ndim: int = 2, temperature: float = 1.0
-) -> Array:
+def soft_argmax_vjp(logits: Array, cotangent: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> Array:
     """Gradient of ``sum(cotangent * soft_argmax(logits))`` with respect to ``logits``.
 
     For libraries without autodiff (NumPy, CuPy, array-api-strict, Dask).
@@ -188,8 +186,14 @@ def dsnt_loss(
     True
     """
     xp, options = _check_loss(
-        logits, target, mask, sigma=sigma, regularizer=regularizer, reg_weight=reg_weight,
-        ndim=ndim, temperature=temperature,
+        logits,
+        target,
+        mask,
+        sigma=sigma,
+        regularizer=regularizer,
+        reg_weight=reg_weight,
+        ndim=ndim,
+        temperature=temperature,
     )
     adapter = adapter_for(logits)
     if adapter is not None:
@@ -229,8 +233,14 @@ def dsnt_loss_value_and_grad(
     ((1, 1, 8, 8), True)
     """
     xp, options = _check_loss(
-        logits, target, mask, sigma=sigma, regularizer=regularizer, reg_weight=reg_weight,
-        ndim=ndim, temperature=temperature,
+        logits,
+        target,
+        mask,
+        sigma=sigma,
+        regularizer=regularizer,
+        reg_weight=reg_weight,
+        ndim=ndim,
+        temperature=temperature,
     )
     loss, residuals = dsnt_loss_forward(xp, logits, target, mask, options)
     grad = dsnt_loss_backward(xp, logits, target, mask, residuals, xp.ones_like(loss), options)

@@ -79,8 +79,8 @@ def gaussian_heatmaps(means: Array, /, size: Any, sigma: float, *, normalize: bo
     >>> import numpy as np
     >>> import dsnt_core
     >>> g = dsnt_core.gaussian_heatmaps(np.zeros(2), (5, 5), 1.0)
-    >>> float(g.sum()), dsnt_core.dsnt(g).round(12).tolist()
-    (1.0, [0.0, 0.0])
+    >>> round(float(g.sum()), 12), float(abs(dsnt_core.dsnt(g)).max()) < 1e-12
+    (1.0, True)
     """
     xp = namespace_of(means=means)
     check_floating(xp, means, "means")

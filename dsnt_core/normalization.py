@@ -34,9 +34,7 @@ def _normalize_weights(xp: Namespace, weights: Array, ndim: int) -> Array:
     return xp.where(total > 0, scaled / safe_where_positive(xp, total, 1.0), uniform)
 
 
-def softmax_parts(
-    xp: Namespace, log_weights: Array, ndim: int
-) -> tuple[Array, Array, Array, Array]:
+def softmax_parts(xp: Namespace, log_weights: Array, ndim: int) -> tuple[Array, Array, Array, Array]:
     """Stable pieces of a softmax over the spatial axes.
 
     Returns ``(peak, shifted, exp_shifted, total)``: ``peak`` is the maximum (replaced by 0
@@ -62,9 +60,7 @@ def _log_sigmoid(xp: Namespace, x: Array) -> Array:
     return xp.minimum(x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
 
 
-def normalize_heatmaps(
-    logits: Array, /, *, ndim: int = 2, method: str = "softmax", temperature: float = 1.0
-) -> Array:
+def normalize_heatmaps(logits: Array, /, *, ndim: int = 2, method: str = "softmax", temperature: float = 1.0) -> Array:
     """Normalise logits into heatmaps that are non-negative and sum to one per heatmap.
 
     Parameters

@@ -15,12 +15,10 @@ try:  # float64 everywhere in the tests; the float32-only path of JAX is tested 
 except ImportError:
     pass
 
-settings.register_profile(
-    "default", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
-settings.register_profile(
-    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], derandomize=True
-)
+# The backend fixture is a stateless description, so reusing it across examples is safe.
+SUPPRESSED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("default", max_examples=12, deadline=None, suppress_health_check=SUPPRESSED)
+settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=SUPPRESSED, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
@@ -28,4 +26,3 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 def backend(request):
     """Every array library: numpy, array_api_strict, torch, jax, cupy (skipped with a reason)."""
     return make_backend(request.param)
-

@@ -20,9 +20,7 @@ def heatmap_shapes(draw, ndim=None, min_side=1, max_side=7):
 def logits_arrays(draw, ndim=None, min_side=1, max_side=7, scale=5.0):
     """(logits, ndim): float64 logits with values in [-scale, scale]."""
     shape, ndim = draw(heatmap_shapes(ndim=ndim, min_side=min_side, max_side=max_side))
-    values = draw(
-        hnp.arrays(np.float64, shape, elements=st.floats(-scale, scale, allow_nan=False, width=64))
-    )
+    values = draw(hnp.arrays(np.float64, shape, elements=st.floats(-scale, scale, allow_nan=False, width=64)))
     return values, ndim
 
 
@@ -30,7 +28,5 @@ def logits_arrays(draw, ndim=None, min_side=1, max_side=7, scale=5.0):
 def targets_for(draw, shape, ndim, limit=0.9):
     """Target coordinates (..., ndim) for heatmaps of ``shape``."""
     return draw(
-        hnp.arrays(
-            np.float64, (*shape[: len(shape) - ndim], ndim), elements=st.floats(-limit, limit, width=64)
-        )
+        hnp.arrays(np.float64, (*shape[: len(shape) - ndim], ndim), elements=st.floats(-limit, limit, width=64))
     )

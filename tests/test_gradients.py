@@ -64,12 +64,8 @@ def test_jax_fused_loss_gradient_equals_autodiff_of_the_composition(case):
     t = jnp.asarray(target)
     m = None if mask is None else jnp.asarray(mask)
     # Under jit: one compilation per case instead of one per primitive.
-    fused = jax.jit(jax.value_and_grad(lambda z: dsnt_core.dsnt_loss(z, t, mask=m, **options)))(
-        jnp.asarray(logits)
-    )
-    composed = jax.jit(jax.value_and_grad(lambda z: composed_dsnt_loss(z, t, mask=m, **options)))(
-        jnp.asarray(logits)
-    )
+    fused = jax.jit(jax.value_and_grad(lambda z: dsnt_core.dsnt_loss(z, t, mask=m, **options)))(jnp.asarray(logits))
+    composed = jax.jit(jax.value_and_grad(lambda z: composed_dsnt_loss(z, t, mask=m, **options)))(jnp.asarray(logits))
     assert_close(np.asarray(fused[0]), np.asarray(composed[0]))
     assert_close(np.asarray(fused[1]), np.asarray(composed[1]), rtol=1e-8, atol=1e-12)
     forward = jax.jit(jax.jacfwd(lambda z: dsnt_core.dsnt_loss(z, t, mask=m, **options)))(jnp.asarray(logits))
@@ -107,16 +103,16 @@ def test_explicit_gradient_entry_points_equal_framework_gradients(name, case):
     backend = make_backend(name)
     logits, target, mask, options = case
     m = None if mask is None else backend.asarray(mask)
-    loss, grad = dsnt_core.dsnt_loss_value_and_grad(
-        backend.asarray(logits), backend.asarray(target), mask=m, **options
-    )
+    loss, grad = dsnt_core.dsnt_loss_value_and_grad(backend.asarray(logits), backend.asarray(target), mask=m, **options)
     t, tm = torch.from_numpy(target), None if mask is None else torch.from_numpy(mask)
     expected = torch_grad(lambda z: dsnt_core.dsnt_loss(z, t, mask=tm, **options), logits)
     assert_close(backend.to_numpy(loss), expected[0])
     assert_close(backend.to_numpy(grad), expected[1], rtol=1e-8, atol=1e-12)
     cotangent = np.random.default_rng(1).normal(size=target.shape)
     vjp = dsnt_core.soft_argmax_vjp(
-        backend.asarray(logits), backend.asarray(cotangent), ndim=options["ndim"],
+        backend.asarray(logits),
+        backend.asarray(cotangent),
+        ndim=options["ndim"],
         temperature=options["temperature"],
     )
     z = torch.from_numpy(logits).requires_grad_()
@@ -158,8 +154,8 @@ def test_torch_double_backward_equals_the_composition():
         return second.numpy()
 
     for regularizer in REGULARIZERS:
-        fused = gradient_penalty(lambda z: dsnt_core.dsnt_loss(z, target, regularizer=regularizer))
-        composed = gradient_penalty(lambda z: composed_dsnt_loss(z, target, regularizer=regularizer))
+        fused = gradient_penalty(lambda z, r=regularizer: dsnt_core.dsnt_loss(z, target, regularizer=r))
+        composed = gradient_penalty(lambda z, r=regularizer: composed_dsnt_loss(z, target, regularizer=r))
         assert_close(fused, composed, rtol=1e-7, atol=1e-12)
 
 

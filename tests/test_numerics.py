@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from _support import assert_close, make_backend
 from hypothesis import given
-from hypothesis import strategies as st
 from strategies import logits_arrays
 
 import dsnt_core
@@ -185,7 +184,8 @@ def test_edge_shapes(backend, regularizer):
         assert_close(
             backend.to_numpy(loss),
             backend.to_numpy(composed_dsnt_loss(z, t, ndim=ndim, regularizer=regularizer)),
-            rtol=1e-10, atol=1e-12,
+            rtol=1e-10,
+            atol=1e-12,
         )
     one_by_one = backend.to_numpy(dsnt_core.soft_argmax(backend.asarray(np.zeros((3, 1, 1)))))
     assert_close(one_by_one, np.zeros((3, 2)))

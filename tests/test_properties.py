@@ -151,7 +151,7 @@ def test_results_agree_across_backends(data, regularizer):
         )
     assert len(results) >= 2
     reference = results.pop("numpy")
-    for name, (coords, loss) in results.items():
+    for coords, loss in results.values():
         assert_close(coords, reference[0], rtol=1e-10, atol=1e-12)
         assert_close(loss, reference[1], rtol=1e-10, atol=1e-12)
 

@@ -64,8 +64,6 @@ SHARDED_STEP = textwrap.dedent(
 def test_jax_training_step_sharded_over_8_host_devices_equals_unsharded():
     pytest.importorskip("jax")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDED_STEP], capture_output=True, text=True, env=env, timeout=600
-    )
+    result = subprocess.run([sys.executable, "-c", SHARDED_STEP], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sharded ok" in result.stdout

@@ -39,8 +39,13 @@ def _soft_argmax_jvp(ndim: int, temperature: float, primals: tuple, tangents: tu
 
 def _composed(logits: jax.Array, target: jax.Array, mask: Any, options: rules.LossOptions) -> Any:
     return composed_dsnt_loss(
-        logits, target, sigma=options.sigma, regularizer=options.regularizer,
-        reg_weight=options.reg_weight, mask=mask, ndim=options.ndim,
+        logits,
+        target,
+        sigma=options.sigma,
+        regularizer=options.regularizer,
+        reg_weight=options.reg_weight,
+        mask=mask,
+        ndim=options.ndim,
         temperature=options.temperature,
     )
 

@@ -54,9 +54,7 @@ class _DsntLoss(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions
-    ) -> Any:
+    def forward(logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions) -> Any:
         loss, residuals = rules.dsnt_loss_forward(xp, logits, target, mask, options)
         return (loss.to(logits.dtype), *(residuals[k] for k in _residual_keys(options)))
 
@@ -88,9 +86,7 @@ def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float) -> torch
     return coords
 
 
-def dsnt_loss(
-    logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions
-) -> torch.Tensor:
+def dsnt_loss(logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions) -> torch.Tensor:
     """Fused DSNT loss with the core's gradient rule (inputs already validated).
 
     A target or mask that requires a gradient takes the composed (unfused) path, so that
@@ -98,8 +94,13 @@ def dsnt_loss(
     """
     if target.requires_grad or (mask is not None and mask.requires_grad):
         return composed_dsnt_loss(
-            logits, target, sigma=options.sigma, regularizer=options.regularizer,
-            reg_weight=options.reg_weight, mask=mask, ndim=options.ndim,
+            logits,
+            target,
+            sigma=options.sigma,
+            regularizer=options.regularizer,
+            reg_weight=options.reg_weight,
+            mask=mask,
+            ndim=options.ndim,
             temperature=options.temperature,
         )
     return _DsntLoss.apply(logits, target, mask, options)[0]

@@ -44,9 +44,7 @@ class DSNTHead(torch.nn.Module):
     ) -> None:
         super().__init__()
         if (in_channels is None) != (num_points is None):
-            raise ValueError(
-                f"in_channels and num_points must be given together, got {in_channels} and {num_points}"
-            )
+            raise ValueError(f"in_channels and num_points must be given together, got {in_channels} and {num_points}")
         conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}.get(ndim)
         if conv is None:
             raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
@@ -87,11 +85,12 @@ class DSNTLoss(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.options = dict(
-            sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim,
+            sigma=sigma,
+            regularizer=regularizer,
+            reg_weight=reg_weight,
+            ndim=ndim,
             temperature=temperature,
         )
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return dsnt_core.dsnt_loss(logits, target, mask=mask, **self.options)
