@@ -108,3 +108,26 @@ def test_jax_vmap_grad_and_value_and_grad():
     coords = jax.vmap(lambda z: dsnt_core.soft_argmax(z))(logits)
     assert_close(np.asarray(coords), np.asarray(dsnt_core.soft_argmax(logits)), rtol=1e-12)
     assert np.isfinite(float(value))
+
+
+def test_opt_in_compiled_kernels_give_the_eager_results():
+    torch = pytest.importorskip("torch")
+    import dsnt_torch
+
+    target = torch.from_numpy(TARGET)
+
+    def loss_and_grads():
+        z = torch.from_numpy(LOGITS).requires_grad_()
+        loss = dsnt_core.dsnt_loss(z, target, regularizer="js")
+        coords = dsnt_core.soft_argmax(z)
+        (grad,) = torch.autograd.grad(loss + coords.sum(), z)
+        return loss.detach().numpy(), grad.numpy()
+
+    eager = loss_and_grads()
+    dsnt_torch.use_compiled_kernels(True)
+    try:
+        compiled = loss_and_grads()
+    finally:
+        dsnt_torch.use_compiled_kernels(False)
+    assert_close(compiled[0], eager[0], rtol=1e-12)
+    assert_close(compiled[1], eager[1], rtol=1e-9, atol=1e-14)

@@ -4,7 +4,7 @@
 import this package directly only for the ``torch.nn.Module`` conveniences.
 """
 
-from ._autograd import dsnt_loss, soft_argmax
+from ._autograd import dsnt_loss, soft_argmax, use_compiled_kernels
 from .modules import DSNTHead, DSNTLoss
 
-__all__ = ["DSNTHead", "DSNTLoss", "dsnt_loss", "soft_argmax"]
+__all__ = ["DSNTHead", "DSNTLoss", "dsnt_loss", "soft_argmax", "use_compiled_kernels"]

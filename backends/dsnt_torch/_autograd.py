@@ -9,6 +9,8 @@ backward. Double backward is supported: when the backward pass itself is differe
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import torch
@@ -17,13 +19,45 @@ from array_api_compat import torch as xp
 from dsnt_core import _fused_rules as rules
 from dsnt_core.reference import composed_dsnt_loss
 
+_compiled_kernels = os.environ.get("DSNT_TORCH_COMPILE", "0") == "1"
+
+
+def use_compiled_kernels(enabled: bool = True) -> None:
+    """Run the fused forward and backward rules through ``torch.compile`` (opt-in).
+
+    On CPU this fuses each rule into a few C++ loops (about 3x faster than eager for a
+    JS training step), at the price of a compilation on the first call for every new
+    shape, dtype and option set (several seconds). Also enabled by the environment
+    variable ``DSNT_TORCH_COMPILE=1``. Inside a ``torch.compile``-d region the eager rules
+    are used and compiled with the rest of the graph.
+
+    Examples
+    --------
+    >>> import dsnt_torch
+    >>> dsnt_torch.use_compiled_kernels(False)  # the default: eager, no compilation
+    """
+    global _compiled_kernels
+    _compiled_kernels = bool(enabled)
+
+
+@functools.cache
+def _compiled(rule: Any) -> Any:
+    return torch.compile(rule, dynamic=False)
+
+
+def _kernel(rule: Any) -> Any:
+    """``rule`` itself, or its compiled version when compiled kernels are switched on."""
+    if _compiled_kernels and not torch.compiler.is_compiling():
+        return _compiled(rule)
+    return rule
+
 
 class _SoftArgmax(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
     def forward(logits: torch.Tensor, ndim: int, temperature: float) -> Any:
-        coords, residuals = rules.soft_argmax_forward(xp, logits, ndim, temperature)
+        coords, residuals = _kernel(rules.soft_argmax_forward)(xp, logits, ndim, temperature)
         mu = residuals["mu"]
         return coords, residuals["lse"], mu.clone() if mu is coords else mu
 
@@ -41,7 +75,11 @@ class _SoftArgmax(torch.autograd.Function):
         residuals = {"lse": lse, "mu": mu}
         if torch.is_grad_enabled():  # differentiating the backward pass: residuals must depend on logits
             _, residuals = rules.soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature)
-        grad = rules.soft_argmax_backward(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature)
+            grad = rules.soft_argmax_backward(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature)
+        else:
+            grad = _kernel(rules.soft_argmax_backward)(
+                xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature
+            )
         return grad, None, None
 
 
@@ -55,7 +93,7 @@ class _DsntLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions) -> Any:
-        loss, residuals = rules.dsnt_loss_forward(xp, logits, target, mask, options)
+        loss, residuals = _kernel(rules.dsnt_loss_forward)(xp, logits, target, mask, options)
         return (loss.to(logits.dtype), *(residuals[k] for k in _residual_keys(options)))
 
     @staticmethod
@@ -74,9 +112,11 @@ class _DsntLoss(torch.autograd.Function):
         mask = saved[2] if ctx.has_mask else None
         keys = _residual_keys(ctx.options)
         residuals = dict(zip(keys, saved[3 if ctx.has_mask else 2 :]))
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # double backward: residuals and rule stay differentiable
             _, residuals = rules.dsnt_loss_forward(xp, logits, target, mask, ctx.options)
-        grad = rules.dsnt_loss_backward(xp, logits, target, mask, residuals, grad_loss, ctx.options)
+            grad = rules.dsnt_loss_backward(xp, logits, target, mask, residuals, grad_loss, ctx.options)
+        else:
+            grad = _kernel(rules.dsnt_loss_backward)(xp, logits, target, mask, residuals, grad_loss, ctx.options)
         return grad, None, None, None
 
 
