@@ -37,7 +37,7 @@ from ._array_utils import (
 from .expectation import coordinate_grids, marginals, moments
 from .gaussian import log_gaussian_factors, outer_product, outer_sum
 from .losses import _norm
-from .normalization import softmax_parts
+from .normalization import shifted_exp
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,13 @@ def _softmax_statistics(xp: Namespace, u: Array, ndim: int) -> dict[str, Any]:
     A heatmap whose logits are all ``-inf`` is treated as uniform in the forward values; its
     ``lse`` is 0, so the backward pass (``exp(u - lse) = 0``) gives it a zero gradient.
     """
-    peak, shifted, exp_shifted, total = softmax_parts(xp, u, ndim)
-    total = xp.reshape(total, total.shape[: total.ndim - ndim])
+    peak, shifted, exp_shifted = shifted_exp(xp, u, ndim)
+    raw_margins = marginals(xp, exp_shifted, ndim)
+    total = xp.sum(raw_margins[0], axis=-1)  # from a marginal: no extra pass over the heatmaps
     has_mass = total > 0
     inv_total = xp.where(has_mass, 1.0 / safe_where_positive(xp, total, 1.0), 0.0 * total)
     margins = []
-    for k, margin in enumerate(marginals(xp, exp_shifted, ndim)):
+    for k, margin in enumerate(raw_margins):
         uniform = 1.0 / u.shape[-1 - k]
         margins.append(xp.where(has_mass[..., None], margin * inv_total[..., None], uniform))
     log_total = xp.log(safe_where_positive(xp, total, 1.0))
@@ -123,9 +124,10 @@ def soft_argmax_backward(
     p = recompute_softmax(xp, u, residuals["lse"], ndim)
     ct = to_dtype(xp, cotangent, u.dtype)
     grids = coordinate_grids(xp, u, ndim)
-    centred = outer_sum(xp, [ct[..., k : k + 1] * grids[k] for k in range(ndim)])
-    const = xp.sum(ct * residuals["mu"], axis=-1)
-    grad = p * (centred - _keep_spatial(const, ndim, xp))
+    # <G, P> = sum_k ct_k mu_k is folded into the x factor: one full-size pass fewer.
+    per_axis = [ct[..., k : k + 1] * grids[k] for k in range(ndim)]
+    per_axis[0] = per_axis[0] - xp.sum(ct * residuals["mu"], axis=-1)[..., None]
+    grad = p * outer_sum(xp, per_axis)
     if temperature != 1.0:
         grad = grad / temperature
     return to_dtype(xp, grad, logits.dtype)
@@ -232,7 +234,12 @@ def dsnt_loss_backward(
     ndim = options.ndim
     u = _scaled_logits(xp, logits, options.temperature)
     t = to_dtype(xp, target, u.dtype)
-    p = recompute_softmax(xp, u, residuals["lse"], ndim)
+    divergence = options.regularizer in ("kl", "js")
+    if divergence:  # log P is needed too; floored so that 0 * log P stays 0 at -inf logits
+        log_p = _floor(xp, u - _keep_spatial(residuals["lse"], ndim, xp))
+        p = xp.exp(log_p)
+    else:
+        p = recompute_softmax(xp, u, residuals["lse"], ndim)
     grids = coordinate_grids(xp, u, ndim)
     mu = residuals["mu"]
     scale = to_dtype(xp, cotangent, u.dtype) * point_weights(xp, mask, tuple(t.shape[:-1]), u)
@@ -253,9 +260,8 @@ def dsnt_loss_backward(
             centred = grids[k] - mu[..., k : k + 1]
             per_axis[k] = per_axis[k] + var_coef[..., k : k + 1] * centred * centred
         const = const + xp.sum(var_coef * var, axis=-1)
-    elif options.regularizer in ("kl", "js"):
+    elif divergence:
         log_factors = log_gaussian_factors(xp, t, tuple(u.shape[-ndim:]), options.sigma)
-        log_p = _floor(xp, u - _keep_spatial(residuals["lse"], ndim, xp))
         coef = _keep_spatial(reg_scale, ndim, xp)
         if options.regularizer == "kl":
             for k in range(ndim):
@@ -263,11 +269,13 @@ def dsnt_loss_backward(
             elementwise = coef * log_p
             const = const + reg_scale * residuals["divergence"]
         else:
-            g = outer_product(xp, [xp.exp(lg) for lg in log_factors])
-            m = 0.5 * (p + g)
-            elementwise = (0.5 * coef) * (log_p - xp.log(xp.maximum(m, _tiny(xp, m))))
-            const = const + 0.5 * reg_scale * residuals["divergence"]
-    inner = outer_sum(xp, per_axis) - _keep_spatial(const, ndim, xp)
+            # G_P = log(P / M) / 2 with log M = log(P + G) - log 2; the log 2 joins the constant.
+            twice_m = p + outer_product(xp, [xp.exp(lg) for lg in log_factors])
+            elementwise = (0.5 * coef) * (log_p - xp.log(xp.maximum(twice_m, _tiny(xp, twice_m))))
+            const = const + 0.5 * reg_scale * (residuals["divergence"] - math.log(2.0))
+    # Per-heatmap constants are folded into the x factor: one full-size pass fewer.
+    per_axis[0] = per_axis[0] - const[..., None]
+    inner = outer_sum(xp, per_axis)
     if elementwise is not None:
         inner = inner + elementwise
     grad = p * inner

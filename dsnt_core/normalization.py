@@ -34,23 +34,21 @@ def _normalize_weights(xp: Namespace, weights: Array, ndim: int) -> Array:
     return xp.where(total > 0, scaled / safe_where_positive(xp, total, 1.0), uniform)
 
 
-def softmax_parts(xp: Namespace, log_weights: Array, ndim: int) -> tuple[Array, Array, Array, Array]:
-    """Stable pieces of a softmax over the spatial axes.
+def shifted_exp(xp: Namespace, log_weights: Array, ndim: int) -> tuple[Array, Array, Array]:
+    """``(peak, shifted, exp(shifted))`` with ``shifted = log_weights - peak``.
 
-    Returns ``(peak, shifted, exp_shifted, total)``: ``peak`` is the maximum (replaced by 0
-    for a heatmap that is entirely ``-inf``), ``shifted = log_weights - peak``,
-    ``exp_shifted = exp(shifted)`` and ``total`` its sum; ``peak`` and ``total`` keep dims.
+    ``peak`` is the maximum over the spatial axes (kept dims), replaced by 0 for a heatmap
+    that is entirely ``-inf`` so that no ``-inf - -inf`` NaN appears.
     """
-    axes = spatial_axes(ndim)
-    peak = xp.max(log_weights, axis=axes, keepdims=True)
+    peak = xp.max(log_weights, axis=spatial_axes(ndim), keepdims=True)
     peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
     shifted = log_weights - peak
-    exp_shifted = xp.exp(shifted)
-    return peak, shifted, exp_shifted, xp.sum(exp_shifted, axis=axes, keepdims=True)
+    return peak, shifted, xp.exp(shifted)
 
 
 def _softmax(xp: Namespace, log_weights: Array, ndim: int) -> Array:
-    _, _, exp_shifted, total = softmax_parts(xp, log_weights, ndim)
+    _, _, exp_shifted = shifted_exp(xp, log_weights, ndim)
+    total = xp.sum(exp_shifted, axis=spatial_axes(ndim), keepdims=True)
     uniform = 1.0 / spatial_size(log_weights, ndim)
     return xp.where(total > 0, exp_shifted / safe_where_positive(xp, total, 1.0), uniform)
 

@@ -25,7 +25,6 @@ def mean_pixel_error(pred: np.ndarray, true: np.ndarray, size: int = IMAGE_SIZE)
 def _torch_trainer(seed: int) -> tuple[Any, Any]:
     """(train_step(images, points) -> loss, predict(images) -> (coords, heatmaps)) for PyTorch."""
     import torch
-
     from dsnt_torch import DSNTHead, DSNTLoss
 
     torch.manual_seed(seed)
@@ -127,7 +126,10 @@ def save_figure(images: np.ndarray, heatmaps: np.ndarray, true: np.ndarray, pred
     count = min(6, len(images))
     fig, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.6))
     size = images.shape[-1]
-    to_pixel = (lambda c: normalized_to_pixel(np.asarray(c, np.float64), (size, size)))
+
+    def to_pixel(coords: np.ndarray) -> np.ndarray:
+        return normalized_to_pixel(np.asarray(coords, np.float64), (size, size))
+
     for i in range(count):
         top, bottom = axes[0, i], axes[1, i]
         top.imshow(images[i, 0], cmap="gray")

@@ -77,9 +77,7 @@ class _SoftArgmax(torch.autograd.Function):
             _, residuals = rules.soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature)
             grad = rules.soft_argmax_backward(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature)
         else:
-            grad = _kernel(rules.soft_argmax_backward)(
-                xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature
-            )
+            grad = _kernel(rules.soft_argmax_backward)(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature)
         return grad, None, None
 
 
