@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
-
 from ._array_utils import Array, Namespace, device_of, namespace_of
 from ._validation import check_floating, check_size
 
@@ -55,7 +53,7 @@ def normalized_linspace(
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if xp is None:
-        xp = array_api_compat.array_namespace(array_api_compat.numpy.asarray(0.0))
+        from array_api_compat import numpy as xp
     if dtype is None:
         dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
     index = xp.arange(n, dtype=dtype, device=device)
