@@ -31,10 +31,10 @@ def conventions(n: int = 4) -> None:
         ys = [y for _ in values for y in values]
         ax.scatter(xs, ys, c="tab:red", s=25, zorder=3)
         for j, x in enumerate(values):
-            ax.annotate(f"{x:+.2f}", (x, values[0]), textcoords="offset points", xytext=(0, -16), ha="center",
-                        fontsize=8)
-            ax.annotate(f"j={j}", (x, values[-1]), textcoords="offset points", xytext=(0, 8), ha="center",
-                        fontsize=8)
+            ax.annotate(
+                f"{x:+.2f}", (x, values[0]), textcoords="offset points", xytext=(0, -16), ha="center", fontsize=8
+            )
+            ax.annotate(f"j={j}", (x, values[-1]), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
         ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, lw=2))
         ax.set_xlim(-1.5, 1.5)
         ax.set_ylim(1.5, -1.5)
