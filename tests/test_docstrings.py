@@ -12,7 +12,8 @@ import dsnt_core
 
 
 def _modules():
-    names = [f"dsnt_core.{m.name}" for m in pkgutil.iter_modules(dsnt_core.__path__)]
+    # __main__ runs the command line on import: it has no examples to run.
+    names = [f"dsnt_core.{m.name}" for m in pkgutil.iter_modules(dsnt_core.__path__) if m.name != "__main__"]
     names += ["dsnt_torch.modules", "dsnt_torch._autograd", "dsnt_jax", "dsnt_cupy"]
     return sorted(names)
 
