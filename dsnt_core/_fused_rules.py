@@ -20,6 +20,7 @@ over the logits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,10 @@ class LossOptions:
     sigma: float = 1.0
     regularizer: str | None = "js"
     reg_weight: float = 1.0
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of ``dsnt_loss`` and ``composed_dsnt_loss``."""
+        return dataclasses.asdict(self)
 
 
 def _scaled_logits(xp: Namespace, logits: Array, temperature: float) -> Array:

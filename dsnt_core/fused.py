@@ -185,16 +185,8 @@ def dsnt_loss(
     >>> float(dsnt_core.dsnt_loss(logits, target, sigma=1.0)) > 0
     True
     """
-    xp, options = _check_loss(
-        logits,
-        target,
-        mask,
-        sigma=sigma,
-        regularizer=regularizer,
-        reg_weight=reg_weight,
-        ndim=ndim,
-        temperature=temperature,
-    )
+    kwargs = dict(sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim, temperature=temperature)
+    xp, options = _check_loss(logits, target, mask, **kwargs)
     adapter = adapter_for(logits)
     if adapter is not None:
         return adapter.dsnt_loss(logits, target, mask, options)
@@ -232,16 +224,8 @@ def dsnt_loss_value_and_grad(
     >>> grad.shape, abs(float(grad.sum())) < 1e-12
     ((1, 1, 8, 8), True)
     """
-    xp, options = _check_loss(
-        logits,
-        target,
-        mask,
-        sigma=sigma,
-        regularizer=regularizer,
-        reg_weight=reg_weight,
-        ndim=ndim,
-        temperature=temperature,
-    )
+    kwargs = dict(sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim, temperature=temperature)
+    xp, options = _check_loss(logits, target, mask, **kwargs)
     loss, residuals = dsnt_loss_forward(xp, logits, target, mask, options)
     grad = dsnt_loss_backward(xp, logits, target, mask, residuals, xp.ones_like(loss), options)
     return to_dtype(xp, loss, logits.dtype), grad

@@ -38,16 +38,7 @@ def _soft_argmax_jvp(ndim: int, temperature: float, primals: tuple, tangents: tu
 
 
 def _composed(logits: jax.Array, target: jax.Array, mask: Any, options: rules.LossOptions) -> Any:
-    return composed_dsnt_loss(
-        logits,
-        target,
-        sigma=options.sigma,
-        regularizer=options.regularizer,
-        reg_weight=options.reg_weight,
-        mask=mask,
-        ndim=options.ndim,
-        temperature=options.temperature,
-    )
+    return composed_dsnt_loss(logits, target, mask=mask, **options.as_kwargs())
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))

@@ -131,14 +131,5 @@ def dsnt_loss(logits: torch.Tensor, target: torch.Tensor, mask: Any, options: ru
     its gradient is exact too.
     """
     if target.requires_grad or (mask is not None and mask.requires_grad):
-        return composed_dsnt_loss(
-            logits,
-            target,
-            sigma=options.sigma,
-            regularizer=options.regularizer,
-            reg_weight=options.reg_weight,
-            mask=mask,
-            ndim=options.ndim,
-            temperature=options.temperature,
-        )
+        return composed_dsnt_loss(logits, target, mask=mask, **options.as_kwargs())
     return _DsntLoss.apply(logits, target, mask, options)[0]
