@@ -46,7 +46,7 @@ def _torch_trainer(seed: int) -> tuple[Any, Any]:
         loss = loss_fn(logits, torch.from_numpy(points))
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return loss.item()
 
     def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
@@ -67,9 +67,11 @@ def _jax_trainer(seed: int) -> tuple[Any, Any]:
     keys = jax.random.split(jax.random.PRNGKey(seed), len(channels) + 1)
     params = []
     for key, (cin, cout, _) in zip(keys, channels):
-        scale = np.sqrt(2.0 / (9 * cin))
-        params.append((jax.random.normal(key, (cout, cin, 3, 3)) * scale, jnp.zeros(cout)))
-    params.append((jax.random.normal(keys[-1], (len(POINT_NAMES), 64, 1, 1)) * 0.1, jnp.zeros(len(POINT_NAMES))))
+        scale = np.float32(np.sqrt(2.0 / (9 * cin)))
+        weights = jax.random.normal(key, (cout, cin, 3, 3), dtype=jnp.float32) * scale
+        params.append((weights, jnp.zeros(cout, dtype=jnp.float32)))
+    head = jax.random.normal(keys[-1], (len(POINT_NAMES), 64, 1, 1), dtype=jnp.float32) * 0.1
+    params.append((head, jnp.zeros(len(POINT_NAMES), dtype=jnp.float32)))
     strides = [s for _, _, s in channels] + [1]
 
     def logits_of(params: list, images: jax.Array) -> jax.Array:
