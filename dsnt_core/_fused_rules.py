@@ -35,7 +35,7 @@ from ._array_utils import (
     to_compute,
     to_dtype,
 )
-from .expectation import coordinate_grids, marginals, moments
+from .expectation import coordinate_grids, expected_coordinates, marginals, moments
 from .gaussian import log_gaussian_factors, outer_product, outer_sum
 from .losses import _norm
 from .normalization import shifted_exp
@@ -112,7 +112,7 @@ def soft_argmax_forward(xp: Namespace, logits: Array, ndim: int, temperature: fl
     u = _scaled_logits(xp, logits, temperature)
     stats = _softmax_statistics(xp, u, ndim)
     grids = coordinate_grids(xp, u, ndim)
-    coords = xp.stack([xp.sum(m * g, axis=-1) for m, g in zip(stats["margins"], grids)], axis=-1)
+    coords = expected_coordinates(xp, stats["margins"], grids)
     return to_dtype(xp, coords, logits.dtype), {"lse": stats["lse"], "mu": coords}
 
 

@@ -35,6 +35,11 @@ def coordinate_grids(xp: Namespace, heatmaps: Array, ndim: int, *, align_corners
     ]
 
 
+def expected_coordinates(xp: Namespace, margins: list[Array], grids: list[Array]) -> Array:
+    """Means (..., ndim) of the coordinate under each marginal, (x, y[, z]) order."""
+    return xp.stack([xp.sum(m * g, axis=-1) for m, g in zip(margins, grids)], axis=-1)
+
+
 def moments(xp: Namespace, margins: list[Array], grids: list[Array]) -> tuple[Array, Array]:
     """Means and variances (..., ndim) of the coordinate under each marginal."""
     means = [xp.sum(m * g, axis=-1) for m, g in zip(margins, grids)]
@@ -77,7 +82,7 @@ def dsnt(heatmaps: Array, /, *, ndim: int = 2, align_corners: bool = False) -> A
     p = to_compute(xp, heatmaps)
     grids = coordinate_grids(xp, p, ndim, align_corners=align_corners)
     margins = marginals(xp, p, ndim)
-    coords = xp.stack([xp.sum(m * g, axis=-1) for m, g in zip(margins, grids)], axis=-1)
+    coords = expected_coordinates(xp, margins, grids)
     return to_dtype(xp, coords, heatmaps.dtype)
 
 

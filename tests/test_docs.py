@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _support import skip_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
@@ -24,13 +25,9 @@ def python_blocks():
 def _missing_requirement(code: str) -> str | None:
     for module in ("torch", "jax", "cupy"):
         if re.search(rf"^\s*(import|from) {module}\b", code, flags=re.M):
-            if importlib.util.find_spec(module) is None:
-                return f"{module} is not installed"
-            if module == "cupy":
-                from dsnt_cupy import gpu_available
-
-                if not gpu_available():
-                    return "cupy is installed but no CUDA GPU is usable on this machine"
+            reason = skip_reason(module)
+            if reason:
+                return reason
     return None
 
 
