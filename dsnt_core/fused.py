@@ -7,6 +7,9 @@ forward pass here and the explicit ``*_vjp`` / ``*_value_and_grad`` functions fo
 
 from __future__ import annotations
 
+import array_api_compat
+
+from . import _numpy_kernels
 from ._adapters import adapter_for
 from ._array_utils import Array, Namespace, namespace_of, to_dtype
 from ._fused_rules import (
@@ -33,6 +36,13 @@ def _check_soft_argmax(logits: Array, ndim: int, temperature: float) -> tuple[Na
     ndim = check_ndim(ndim)
     check_spatial(xp, logits, "logits", ndim)
     return xp, ndim, check_positive_finite(temperature, "temperature")
+
+
+def _soft_argmax_forward(xp: Namespace, logits: Array, ndim: int, temperature: float) -> tuple[Array, dict]:
+    """The forward rule, through the NumPy fast path for NumPy arrays."""
+    if array_api_compat.is_numpy_array(logits):
+        return _numpy_kernels.soft_argmax_forward(xp, logits, ndim, temperature, soft_argmax_forward)
+    return soft_argmax_forward(xp, logits, ndim, temperature)
 
 
 def soft_argmax(logits: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> Array:
@@ -69,7 +79,7 @@ def soft_argmax(logits: Array, /, *, ndim: int = 2, temperature: float = 1.0) ->
     adapter = adapter_for(logits)
     if adapter is not None:
         return adapter.soft_argmax(logits, ndim=ndim, temperature=temperature)
-    coords, _ = soft_argmax_forward(xp, logits, ndim, temperature)
+    coords, _ = _soft_argmax_forward(xp, logits, ndim, temperature)
     return coords
 
 
@@ -103,7 +113,7 @@ def soft_argmax_vjp(logits: Array, cotangent: Array, /, *, ndim: int = 2, temper
     xp, ndim, temperature = _check_soft_argmax(logits, ndim, temperature)
     namespace_of(logits=logits, cotangent=cotangent)
     check_coordinates(xp, cotangent, "cotangent", logits, ndim, "logits")
-    _, residuals = soft_argmax_forward(xp, logits, ndim, temperature)
+    _, residuals = _soft_argmax_forward(xp, logits, ndim, temperature)
     return soft_argmax_backward(xp, logits, residuals, cotangent, ndim, temperature)
 
 

@@ -1,0 +1,96 @@
+"""A NumPy fast path for the soft-argmax forward pass: one ``exp`` and one matrix product.
+
+The generic forward (:func:`dsnt_core._fused_rules.soft_argmax_forward`) needs a max, a
+subtraction, an ``exp`` and several reductions, each a full pass over the heatmaps. NumPy
+runs each of those as its own loop, so the forward costs about four times one ``exp``. Here:
+
+* the heatmaps are processed in blocks that fit in the L2 cache, with ``exp`` written into
+  a reused buffer (``out=``, which the array API does not have);
+* the mass and the first moments of a block come from one matrix product with the
+  ``(size, 1 + ndim)`` matrix of columns ``[1, x, y(, z)]`` (BLAS reads the block once);
+* the max is not subtracted. ``exp(u)`` is used as it is wherever that is exact to the
+  dtype's precision: the heatmap's total mass must be finite and at least
+  ``sqrt(smallest normal)``, so the largest term, and every term that matters next to it,
+  is a normal number. Other heatmaps (huge logits, all ``-inf``, mass that underflows,
+  NaN) are recomputed by the generic shifted path, so the results agree with it to
+  rounding for every input.
+
+The result and residuals are those of the generic forward pass, so
+:func:`dsnt_core._fused_rules.soft_argmax_backward` applies unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ._array_utils import Namespace, spatial_size, to_dtype
+from .grids import normalized_linspace
+
+BLOCK_BYTES = 1 << 20  # about one core's L2 cache on current x86 servers
+
+
+@functools.lru_cache(maxsize=32)
+def moment_matrix(spatial: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Columns ``[1, x, y(, z)]`` of the pixel-centre grid, rows in C order over ``spatial``."""
+    ndim = len(spatial)
+    columns = [np.ones(spatial, dtype=dtype)]
+    for k in range(ndim):
+        axis = ndim - 1 - k  # x runs along the last axis
+        line = np.asarray(normalized_linspace(spatial[axis], dtype=dtype, xp=np), dtype=dtype)
+        shape = [1] * ndim
+        shape[axis] = spatial[axis]
+        columns.append(np.broadcast_to(np.reshape(line, shape), spatial))
+    matrix = np.stack([np.reshape(c, (-1,)) for c in columns], axis=1)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``exp(flat) @ matrix`` block by block; rows whose ``exp`` overflowed hold ``inf``/NaN."""
+    rows, size = flat.shape
+    block = max(1, BLOCK_BYTES // (size * flat.itemsize))
+    result = np.empty((rows, matrix.shape[1]), dtype=flat.dtype)
+    buffer = np.empty((min(block, rows), size), dtype=flat.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
+            exp_block = buffer[: stop - start]
+            np.exp(flat[start:stop], out=exp_block)
+            np.matmul(exp_block, matrix, out=result[start:stop])
+    return result
+
+
+def soft_argmax_forward(
+    xp: Namespace, logits: np.ndarray, ndim: int, temperature: float, generic_forward: Callable
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Same contract as the generic ``soft_argmax_forward``, for NumPy arrays.
+
+    ``generic_forward`` is the generic rule, used for the heatmaps the unshifted sum cannot
+    represent exactly.
+    """
+    spatial = tuple(logits.shape[len(logits.shape) - ndim :])
+    batch = tuple(logits.shape[: len(logits.shape) - ndim])
+    compute = np.float64 if logits.dtype == np.float64 else np.float32
+    flat = np.reshape(np.asarray(logits, dtype=compute), (-1, spatial_size(logits, ndim)))
+    if temperature != 1.0:
+        flat = flat / compute(temperature)
+    if flat.shape[0] == 0 or flat.shape[1] == 0:
+        return generic_forward(xp, logits, ndim, temperature)
+    sums = _unshifted_moments(flat, moment_matrix(spatial, np.dtype(compute)))
+    total = sums[:, 0]
+    exact = (total >= math.sqrt(np.finfo(compute).smallest_normal)) & (total < np.inf)
+    coords = sums[:, 1:] / np.where(exact, total, 1.0)[:, None]
+    lse = np.log(np.where(exact, total, 1.0))
+    if not exact.all():
+        redo = ~exact
+        _, redo_residuals = generic_forward(
+            xp, np.reshape(logits, (-1, *spatial))[redo], ndim, temperature
+        )
+        coords[redo] = redo_residuals["mu"]
+        lse[redo] = redo_residuals["lse"]
+    coords = np.reshape(coords, (*batch, ndim))
+    return to_dtype(xp, coords, logits.dtype), {"lse": np.reshape(lse, batch), "mu": coords}
