@@ -16,6 +16,10 @@ For ``P = softmax(z / T)`` and a scalar ``L(P)`` with ``G = dL/dP`` the rule is
 ``<G, P>`` of each piece is a per-heatmap number from the forward pass (``mu_k``,
 ``var_k``, the KL, half of ``KL(P || M)``), so the backward pass is a single elementwise map
 over the logits.
+
+Everything of heatmap size goes through ``passes`` (:mod:`dsnt_core._heatmap_passes` by
+default, the array-API implementation); a backend can pass its own native passes, and the
+rules here stay the same.
 """
 
 from __future__ import annotations
@@ -23,22 +27,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from ._array_utils import (
-    Array,
-    Namespace,
-    device_of,
-    safe_where_positive,
-    spatial_axes,
-    spatial_size,
-    to_compute,
-    to_dtype,
-)
-from .expectation import coordinate_grids, expected_coordinates, marginals, moments
-from .gaussian import log_gaussian_factors, outer_product, outer_sum
+from . import _heatmap_passes as generic_passes
+from ._array_utils import Array, Namespace, compute_dtype, device_of, safe_where_positive, spatial_axes, to_dtype
+from ._heatmap_passes import Divergence
+from .expectation import expected_coordinates, marginals, moments
+from .gaussian import log_gaussian_factors
+from .grids import normalized_linspace
 from .losses import _norm
-from .normalization import shifted_exp
 
 
 @dataclass(frozen=True)
@@ -56,63 +54,22 @@ class LossOptions:
         return dataclasses.asdict(self)
 
 
-def _scaled_logits(xp: Namespace, logits: Array, temperature: float) -> Array:
-    z = to_compute(xp, logits)
-    return z / temperature if temperature != 1.0 else z
-
-
-def _floor(xp: Namespace, x: Array) -> Array:
-    """Replace ``-inf`` by the most negative finite value, so that ``0 * x`` stays 0."""
-    return xp.maximum(x, xp.asarray(xp.finfo(x.dtype).min, dtype=x.dtype, device=device_of(x)))
-
-
-def _softmax_statistics(xp: Namespace, u: Array, ndim: int) -> dict[str, Any]:
-    """One pass over scaled logits ``u``: log-sum-exp and the marginals of ``softmax(u)``.
-
-    A heatmap whose logits are all ``-inf`` is treated as uniform in the forward values; its
-    ``lse`` is 0, so the backward pass (``exp(u - lse) = 0``) gives it a zero gradient.
-    """
-    peak, shifted, exp_shifted = shifted_exp(xp, u, ndim)
-    raw_margins = marginals(xp, exp_shifted, ndim)
-    total = xp.sum(raw_margins[0], axis=-1)  # from a marginal: no extra pass over the heatmaps
-    has_mass = total > 0
-    inv_total = xp.where(has_mass, 1.0 / safe_where_positive(xp, total, 1.0), 0.0 * total)
-    margins = []
-    for k, margin in enumerate(raw_margins):
-        uniform = 1.0 / u.shape[-1 - k]
-        margins.append(xp.where(has_mass[..., None], margin * inv_total[..., None], uniform))
-    log_total = xp.log(safe_where_positive(xp, total, 1.0))
-    lse = xp.reshape(peak, total.shape) + log_total
-    return {
-        "shifted": shifted,
-        "exp_shifted": exp_shifted,
-        "has_mass": has_mass,
-        "inv_total": inv_total,
-        "log_total": log_total,
-        "margins": margins,
-        "lse": lse,
-    }
-
-
-def _keep_spatial(x: Array, ndim: int, xp: Namespace) -> Array:
-    """Per-heatmap values (...,) reshaped to broadcast against (..., *spatial)."""
-    return xp.reshape(x, (*x.shape, *((1,) * ndim)))
-
-
-def recompute_softmax(xp: Namespace, u: Array, lse: Array, ndim: int) -> Array:
-    """``P = exp(u - lse)`` from the scaled logits and the saved log-sum-exp."""
-    return xp.exp(u - _keep_spatial(lse, ndim, xp))
+def _grids(xp: Namespace, logits: Array, ndim: int) -> list[Array]:
+    """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype."""
+    dtype = compute_dtype(xp, logits.dtype)
+    device = device_of(logits)
+    return [normalized_linspace(logits.shape[-1 - k], dtype=dtype, device=device, xp=xp) for k in range(ndim)]
 
 
 # --------------------------------------------------------------------------- soft_argmax
 
 
-def soft_argmax_forward(xp: Namespace, logits: Array, ndim: int, temperature: float) -> tuple[Array, dict[str, Array]]:
+def soft_argmax_forward(
+    xp: Namespace, logits: Array, ndim: int, temperature: float, *, passes: ModuleType = generic_passes
+) -> tuple[Array, dict[str, Array]]:
     """Coordinates of ``softmax(logits / T)`` (input dtype) and the residuals for its rules."""
-    u = _scaled_logits(xp, logits, temperature)
-    stats = _softmax_statistics(xp, u, ndim)
-    grids = coordinate_grids(xp, u, ndim)
-    coords = expected_coordinates(xp, stats["margins"], grids)
+    stats = passes.softmax_statistics(xp, logits, ndim, temperature)
+    coords = expected_coordinates(xp, stats["margins"], _grids(xp, logits, ndim))
     return to_dtype(xp, coords, logits.dtype), {"lse": stats["lse"], "mu": coords}
 
 
@@ -123,18 +80,17 @@ def soft_argmax_backward(
     cotangent: Array,
     ndim: int,
     temperature: float,
+    *,
+    passes: ModuleType = generic_passes,
 ) -> Array:
     """Vector-Jacobian product: ``d <cotangent, coords> / d logits`` in the logits' dtype."""
-    u = _scaled_logits(xp, logits, temperature)
-    p = recompute_softmax(xp, u, residuals["lse"], ndim)
-    ct = to_dtype(xp, cotangent, u.dtype)
-    grids = coordinate_grids(xp, u, ndim)
+    mu = residuals["mu"]
+    ct = to_dtype(xp, cotangent, mu.dtype)
+    grids = _grids(xp, logits, ndim)
     # <G, P> = sum_k ct_k mu_k is folded into the x factor: one full-size pass fewer.
     per_axis = [ct[..., k : k + 1] * grids[k] for k in range(ndim)]
-    per_axis[0] = per_axis[0] - xp.sum(ct * residuals["mu"], axis=-1)[..., None]
-    grad = p * outer_sum(xp, per_axis)
-    if temperature != 1.0:
-        grad = grad / temperature
+    per_axis[0] = per_axis[0] - xp.sum(ct * mu, axis=-1)[..., None]
+    grad = passes.gradient_map(xp, logits, residuals["lse"], per_axis, None, ndim, temperature)
     return to_dtype(xp, grad, logits.dtype)
 
 
@@ -147,12 +103,11 @@ def soft_argmax_jvp(
     temperature: float,
 ) -> Array:
     """Jacobian-vector product: the change of the coordinates along ``tangent``."""
-    u = _scaled_logits(xp, logits, temperature)
-    p = recompute_softmax(xp, u, residuals["lse"], ndim)
+    u = generic_passes.scaled_logits(xp, logits, temperature)
+    p = xp.exp(u - generic_passes.keep_spatial(xp, residuals["lse"], ndim))
     weighted = p * to_dtype(xp, tangent, u.dtype)
-    grids = coordinate_grids(xp, u, ndim)
     total = xp.sum(weighted, axis=spatial_axes(ndim))
-    coords = [xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, weighted, ndim), grids)]
+    coords = [xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, weighted, ndim), _grids(xp, logits, ndim))]
     result = xp.stack(coords, axis=-1) - residuals["mu"] * total[..., None]
     if temperature != 1.0:
         result = result / temperature
@@ -171,57 +126,48 @@ def point_weights(xp: Namespace, mask: Array | None, shape: tuple[int, ...], lik
     return weights / xp.maximum(total, xp.ones_like(total))
 
 
-def _variance_scale(xp: Namespace, u: Array, ndim: int) -> Array:
+def _variance_scale(xp: Namespace, logits: Array, ndim: int, like: Array) -> Array:
     """``(n_k / 2) ** 2`` per axis, (x, y[, z]) order: normalised to pixel variance units."""
-    return xp.asarray([(u.shape[-1 - k] / 2.0) ** 2 for k in range(ndim)], dtype=u.dtype, device=device_of(u))
-
-
-def _tiny(xp: Namespace, x: Array) -> Array:
-    return xp.asarray(xp.finfo(x.dtype).smallest_normal, dtype=x.dtype, device=device_of(x))
+    scale = [(logits.shape[-1 - k] / 2.0) ** 2 for k in range(ndim)]
+    return xp.asarray(scale, dtype=like.dtype, device=device_of(like))
 
 
 def dsnt_loss_forward(
-    xp: Namespace, logits: Array, target: Array, mask: Array | None, options: LossOptions
+    xp: Namespace,
+    logits: Array,
+    target: Array,
+    mask: Array | None,
+    options: LossOptions,
+    *,
+    passes: ModuleType = generic_passes,
 ) -> tuple[Array, dict[str, Array]]:
     """Scalar loss (compute dtype) and the per-heatmap residuals of its gradient rule."""
-    ndim = options.ndim
-    u = _scaled_logits(xp, logits, options.temperature)
-    t = to_dtype(xp, target, u.dtype)
-    stats = _softmax_statistics(xp, u, ndim)
+    ndim, temperature = options.ndim, options.temperature
+    divergent = options.regularizer in ("kl", "js")
+    stats = passes.softmax_statistics(xp, logits, ndim, temperature, entropy=divergent)
     margins = stats["margins"]
-    mu, var = moments(xp, margins, coordinate_grids(xp, u, ndim))
-    weights = point_weights(xp, mask, tuple(t.shape[:-1]), u)
+    mu, var = moments(xp, margins, _grids(xp, logits, ndim))
+    t = to_dtype(xp, target, mu.dtype)
+    weights = point_weights(xp, mask, tuple(t.shape[:-1]), mu)
     per_point = _norm(xp, mu - t)
     residuals = {"lse": stats["lse"], "mu": mu}
     if options.regularizer == "var":
-        error = var * _variance_scale(xp, u, ndim) - options.sigma**2
+        error = var * _variance_scale(xp, logits, ndim, mu) - options.sigma**2
         per_point = per_point + options.reg_weight * xp.sum(error * error, axis=-1)
         residuals["var"] = var
-    elif options.regularizer in ("kl", "js"):
-        size = tuple(u.shape[-ndim:])
-        log_factors = log_gaussian_factors(xp, t, size, options.sigma)
-        expected_shift = (
-            xp.sum(stats["exp_shifted"] * _floor(xp, stats["shifted"]), axis=spatial_axes(ndim)) * stats["inv_total"]
-        )
-        uniform_neg_entropy = -math.log(spatial_size(u, ndim))
-        neg_entropy = xp.where(stats["has_mass"], expected_shift - stats["log_total"], uniform_neg_entropy)
+    elif divergent:
+        log_factors = log_gaussian_factors(xp, t, tuple(logits.shape[-ndim:]), options.sigma)
+        neg_entropy = stats["neg_entropy"]
         cross = sum(xp.sum(m * lg, axis=-1) for m, lg in zip(margins, log_factors))
         if options.regularizer == "kl":
             divergence = neg_entropy - cross
             residuals["divergence"] = divergence
         else:
-            p = xp.where(
-                _keep_spatial(stats["has_mass"], ndim, xp),
-                stats["exp_shifted"] * _keep_spatial(stats["inv_total"], ndim, xp),
-                1.0 / spatial_size(u, ndim),
-            )
             factors = [xp.exp(lg) for lg in log_factors]
-            m = 0.5 * (p + outer_product(xp, factors))
-            log_m = xp.log(xp.maximum(m, _tiny(xp, m)))
-            axes = spatial_axes(ndim)
+            m_log_m, p_log_m = passes.js_sums(xp, logits, stats, factors, ndim, temperature)
             gaussian_neg_entropy = sum(xp.sum(f * lg, axis=-1) for f, lg in zip(factors, log_factors))
-            divergence = 0.5 * (neg_entropy + gaussian_neg_entropy - 2.0 * xp.sum(m * log_m, axis=axes))
-            residuals["divergence"] = neg_entropy - xp.sum(p * log_m, axis=axes)  # KL(P || M)
+            divergence = 0.5 * (neg_entropy + gaussian_neg_entropy - 2.0 * m_log_m)
+            residuals["divergence"] = neg_entropy - p_log_m  # KL(P || M)
         per_point = per_point + options.reg_weight * divergence
     return xp.sum(weights * per_point), residuals
 
@@ -234,20 +180,15 @@ def dsnt_loss_backward(
     residuals: dict[str, Array],
     cotangent: Array,
     options: LossOptions,
+    *,
+    passes: ModuleType = generic_passes,
 ) -> Array:
     """Gradient of ``cotangent * loss`` with respect to the logits, in the logits' dtype."""
     ndim = options.ndim
-    u = _scaled_logits(xp, logits, options.temperature)
-    t = to_dtype(xp, target, u.dtype)
-    divergence = options.regularizer in ("kl", "js")
-    if divergence:  # log P is needed too; floored so that 0 * log P stays 0 at -inf logits
-        log_p = _floor(xp, u - _keep_spatial(residuals["lse"], ndim, xp))
-        p = xp.exp(log_p)
-    else:
-        p = recompute_softmax(xp, u, residuals["lse"], ndim)
-    grids = coordinate_grids(xp, u, ndim)
     mu = residuals["mu"]
-    scale = to_dtype(xp, cotangent, u.dtype) * point_weights(xp, mask, tuple(t.shape[:-1]), u)
+    t = to_dtype(xp, target, mu.dtype)
+    grids = _grids(xp, logits, ndim)
+    scale = to_dtype(xp, cotangent, mu.dtype) * point_weights(xp, mask, tuple(t.shape[:-1]), mu)
 
     diff = mu - t
     distance = _norm(xp, diff)
@@ -256,34 +197,27 @@ def dsnt_loss_backward(
     const = xp.sum(mean_coef * mu, axis=-1)
 
     reg_scale = scale * options.reg_weight
-    elementwise = None
+    divergence = None
     if options.regularizer == "var":
         var = residuals["var"]
-        pixel_scale = _variance_scale(xp, u, ndim)
+        pixel_scale = _variance_scale(xp, logits, ndim, mu)
         var_coef = 2.0 * (var * pixel_scale - options.sigma**2) * pixel_scale * reg_scale[..., None]
         for k in range(ndim):
             centred = grids[k] - mu[..., k : k + 1]
             per_axis[k] = per_axis[k] + var_coef[..., k : k + 1] * centred * centred
         const = const + xp.sum(var_coef * var, axis=-1)
-    elif divergence:
-        log_factors = log_gaussian_factors(xp, t, tuple(u.shape[-ndim:]), options.sigma)
-        coef = _keep_spatial(reg_scale, ndim, xp)
+    elif options.regularizer in ("kl", "js"):
+        log_factors = log_gaussian_factors(xp, t, tuple(logits.shape[-ndim:]), options.sigma)
         if options.regularizer == "kl":
             for k in range(ndim):
                 per_axis[k] = per_axis[k] - reg_scale[..., None] * log_factors[k]
-            elementwise = coef * log_p
+            divergence = Divergence("kl", reg_scale)
             const = const + reg_scale * residuals["divergence"]
         else:
             # G_P = log(P / M) / 2 with log M = log(P + G) - log 2; the log 2 joins the constant.
-            twice_m = p + outer_product(xp, [xp.exp(lg) for lg in log_factors])
-            elementwise = (0.5 * coef) * (log_p - xp.log(xp.maximum(twice_m, _tiny(xp, twice_m))))
+            divergence = Divergence("js", reg_scale, tuple(xp.exp(lg) for lg in log_factors))
             const = const + 0.5 * reg_scale * (residuals["divergence"] - math.log(2.0))
     # Per-heatmap constants are folded into the x factor: one full-size pass fewer.
     per_axis[0] = per_axis[0] - const[..., None]
-    inner = outer_sum(xp, per_axis)
-    if elementwise is not None:
-        inner = inner + elementwise
-    grad = p * inner
-    if options.temperature != 1.0:
-        grad = grad / options.temperature
+    grad = passes.gradient_map(xp, logits, residuals["lse"], per_axis, divergence, ndim, options.temperature)
     return to_dtype(xp, grad, logits.dtype)
