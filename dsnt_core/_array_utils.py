@@ -116,3 +116,16 @@ def expand_to_axis(xp: Namespace, vector: Array, axis_from_end: int, ndim: int) 
 def safe_where_positive(xp: Namespace, x: Array, fallback: float) -> Array:
     """``x`` where ``x > 0``, ``fallback`` elsewhere: the inner half of a double ``where``."""
     return xp.where(x > 0, x, xp.asarray(fallback, dtype=x.dtype, device=device_of(x)))
+
+
+def exp_flushed(xp: Namespace, x: Array) -> Array:
+    """``exp(x)``, with results near or below the smallest normal number flushed to zero.
+
+    Results near the subnormal range send ``exp`` down a path about 30x slower on x86 CPUs;
+    for the log-Gaussian factors (logits down to about -1000) that path costs more than the
+    rest of a training step. Values that small never matter next to a heatmap's peak. NaN
+    stays NaN.
+    """
+    cutoff = math.log(xp.finfo(x.dtype).smallest_normal) + 1.0
+    small = x < cutoff
+    return xp.where(small, xp.zeros_like(x), xp.exp(xp.where(small, xp.zeros_like(x), x)))

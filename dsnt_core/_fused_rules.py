@@ -31,7 +31,16 @@ from types import ModuleType
 from typing import Any
 
 from . import _heatmap_passes as generic_passes
-from ._array_utils import Array, Namespace, compute_dtype, device_of, safe_where_positive, spatial_axes, to_dtype
+from ._array_utils import (
+    Array,
+    Namespace,
+    compute_dtype,
+    device_of,
+    exp_flushed,
+    safe_where_positive,
+    spatial_axes,
+    to_dtype,
+)
 from ._heatmap_passes import Divergence
 from .expectation import expected_coordinates, marginals, moments
 from .gaussian import log_gaussian_factors
@@ -163,7 +172,7 @@ def dsnt_loss_forward(
             divergence = neg_entropy - cross
             residuals["divergence"] = divergence
         else:
-            factors = [xp.exp(lg) for lg in log_factors]
+            factors = [exp_flushed(xp, lg) for lg in log_factors]
             m_log_m, p_log_m = passes.js_sums(xp, logits, stats, factors, ndim, temperature)
             gaussian_neg_entropy = sum(xp.sum(f * lg, axis=-1) for f, lg in zip(factors, log_factors))
             divergence = 0.5 * (neg_entropy + gaussian_neg_entropy - 2.0 * m_log_m)
@@ -215,7 +224,7 @@ def dsnt_loss_backward(
             const = const + reg_scale * residuals["divergence"]
         else:
             # G_P = log(P / M) / 2 with log M = log(P + G) - log 2; the log 2 joins the constant.
-            divergence = Divergence("js", reg_scale, tuple(xp.exp(lg) for lg in log_factors))
+            divergence = Divergence("js", reg_scale, tuple(exp_flushed(xp, lg) for lg in log_factors))
             const = const + 0.5 * reg_scale * (residuals["divergence"] - math.log(2.0))
     # Per-heatmap constants are folded into the x factor: one full-size pass fewer.
     per_axis[0] = per_axis[0] - const[..., None]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array_utils import Array, Namespace, device_of, expand_to_axis, namespace_of, to_compute, to_dtype
+from ._array_utils import Array, Namespace, device_of, exp_flushed, expand_to_axis, namespace_of, to_compute, to_dtype
 from ._validation import check_floating, check_positive_finite, check_size
 from .grids import normalized_linspace
 
 
 def _logsumexp_last(xp: Namespace, x: Array) -> Array:
     peak = xp.max(x, axis=-1, keepdims=True)
-    return peak + xp.log(xp.sum(xp.exp(x - peak), axis=-1, keepdims=True))
+    return peak + xp.log(xp.sum(exp_flushed(xp, x - peak), axis=-1, keepdims=True))
 
 
 def log_gaussian_factors(
@@ -89,5 +89,5 @@ def gaussian_heatmaps(means: Array, /, size: Any, sigma: float, *, normalize: bo
     size = check_size(size, "size", expected_len=means.shape[-1])
     sigma = check_positive_finite(sigma, "sigma")
     mu = to_compute(xp, means)
-    factors = [xp.exp(f) for f in log_gaussian_factors(xp, mu, size, sigma, normalize=normalize)]
+    factors = [exp_flushed(xp, f) for f in log_gaussian_factors(xp, mu, size, sigma, normalize=normalize)]
     return to_dtype(xp, outer_product(xp, factors), means.dtype)

@@ -4,7 +4,15 @@
 import this package directly only for the ``torch.nn.Module`` conveniences.
 """
 
-from ._autograd import dsnt_loss, soft_argmax, use_compiled_kernels
+from ._autograd import build_native_kernels, dsnt_loss, soft_argmax, use_compiled_kernels, use_native_kernels
 from .modules import DSNTHead, DSNTLoss
 
-__all__ = ["DSNTHead", "DSNTLoss", "dsnt_loss", "soft_argmax", "use_compiled_kernels"]
+__all__ = [
+    "DSNTHead",
+    "DSNTLoss",
+    "build_native_kernels",
+    "dsnt_loss",
+    "soft_argmax",
+    "use_compiled_kernels",
+    "use_native_kernels",
+]

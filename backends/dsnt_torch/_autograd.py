@@ -19,7 +19,10 @@ from array_api_compat import torch as xp
 from dsnt_core import _fused_rules as rules
 from dsnt_core.reference import composed_dsnt_loss
 
+from . import _native
+
 _compiled_kernels = os.environ.get("DSNT_TORCH_COMPILE", "0") == "1"
+_native_kernels = os.environ.get("DSNT_TORCH_NATIVE", "0") == "1"
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
@@ -40,13 +43,49 @@ def use_compiled_kernels(enabled: bool = True) -> None:
     _compiled_kernels = bool(enabled)
 
 
+def use_native_kernels(enabled: bool = True) -> None:
+    """Run the full-size passes of the fused rules on native C++ CPU kernels (opt-in).
+
+    The fastest path on CPU (see the benchmarks page): each heatmap is reduced and
+    differentiated in one or two cache-resident sweeps with ATen's vectorised ``exp`` and
+    ``log``. The kernels are compiled with ``torch.utils.cpp_extension`` the first time they
+    are needed (a C++ compiler and ``ninja`` are required, about 30 s on two cores) and cached
+    on disk by PyTorch, so later processes load them in well under a second; call
+    `build_native_kernels` to pay that cost up front. Used for CPU tensors outside
+    ``torch.compile`` and ``torch.func`` transforms (those take the array-API rules); if
+    the build fails, a ``RuntimeWarning`` says why and the array-API rules are used. Also
+    enabled by the environment variable ``DSNT_TORCH_NATIVE=1``; takes precedence over
+    `use_compiled_kernels` on CPU.
+
+    Examples
+    --------
+    >>> import dsnt_torch
+    >>> dsnt_torch.use_native_kernels(False)  # the default: array-API rules, nothing compiled
+    """
+    global _native_kernels
+    _native_kernels = bool(enabled)
+
+
+def build_native_kernels() -> None:
+    """Build (or load from PyTorch's cache) the native CPU kernels now.
+
+    Raises
+    ------
+    RuntimeError
+        If they cannot be built here, with the compiler's reason.
+    """
+    _native.extension()
+
+
 @functools.cache
 def _compiled(rule: Any) -> Any:
     return torch.compile(rule, dynamic=False)
 
 
-def _kernel(rule: Any) -> Any:
-    """``rule`` itself, or its compiled version when compiled kernels are switched on."""
+def _kernel(rule: Any, logits: torch.Tensor) -> Any:
+    """``rule`` with the passes for ``logits``: native, compiled or the array-API ones."""
+    if _native_kernels and _native.applicable(logits):
+        return functools.partial(rule, passes=_native)
     if _compiled_kernels and not torch.compiler.is_compiling():
         return _compiled(rule)
     return rule
@@ -57,7 +96,7 @@ class _SoftArgmax(torch.autograd.Function):
 
     @staticmethod
     def forward(logits: torch.Tensor, ndim: int, temperature: float) -> Any:
-        coords, residuals = _kernel(rules.soft_argmax_forward)(xp, logits, ndim, temperature)
+        coords, residuals = _kernel(rules.soft_argmax_forward, logits)(xp, logits, ndim, temperature)
         mu = residuals["mu"]
         return coords, residuals["lse"], mu.clone() if mu is coords else mu
 
@@ -77,7 +116,9 @@ class _SoftArgmax(torch.autograd.Function):
             _, residuals = rules.soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature)
             grad = rules.soft_argmax_backward(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature)
         else:
-            grad = _kernel(rules.soft_argmax_backward)(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature)
+            grad = _kernel(rules.soft_argmax_backward, logits)(
+                xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature
+            )
         return grad, None, None
 
 
@@ -91,7 +132,7 @@ class _DsntLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(logits: torch.Tensor, target: torch.Tensor, mask: Any, options: rules.LossOptions) -> Any:
-        loss, residuals = _kernel(rules.dsnt_loss_forward)(xp, logits, target, mask, options)
+        loss, residuals = _kernel(rules.dsnt_loss_forward, logits)(xp, logits, target, mask, options)
         return (loss.to(logits.dtype), *(residuals[k] for k in _residual_keys(options)))
 
     @staticmethod
@@ -114,7 +155,9 @@ class _DsntLoss(torch.autograd.Function):
             _, residuals = rules.dsnt_loss_forward(xp, logits, target, mask, ctx.options)
             grad = rules.dsnt_loss_backward(xp, logits, target, mask, residuals, grad_loss, ctx.options)
         else:
-            grad = _kernel(rules.dsnt_loss_backward)(xp, logits, target, mask, residuals, grad_loss, ctx.options)
+            grad = _kernel(rules.dsnt_loss_backward, logits)(
+                xp, logits, target, mask, residuals, grad_loss, ctx.options
+            )
         return grad, None, None, None
 
 
