@@ -36,7 +36,7 @@ from ._array_utils import (
     Namespace,
     compute_dtype,
     device_of,
-    exp_flushed,
+    exp_clamped,
     safe_where_positive,
     spatial_axes,
     to_dtype,
@@ -141,6 +141,11 @@ def _variance_scale(xp: Namespace, logits: Array, ndim: int, like: Array) -> Arr
     return xp.asarray(scale, dtype=like.dtype, device=device_of(like))
 
 
+def gaussian_residuals(factors: list[Array]) -> dict[str, Array]:
+    """The target Gaussian's 1-D factors as residuals ``gaussian0`` (x), ``gaussian1`` (y), ..."""
+    return {f"gaussian{k}": factor for k, factor in enumerate(factors)}
+
+
 def dsnt_loss_forward(
     xp: Namespace,
     logits: Array,
@@ -152,11 +157,17 @@ def dsnt_loss_forward(
 ) -> tuple[Array, dict[str, Array]]:
     """Scalar loss (compute dtype) and the per-heatmap residuals of its gradient rule."""
     ndim, temperature = options.ndim, options.temperature
-    divergent = options.regularizer in ("kl", "js")
-    stats = passes.softmax_statistics(xp, logits, ndim, temperature, entropy=divergent)
+    t = to_dtype(xp, target, compute_dtype(xp, logits.dtype))
+    log_factors = factors = None
+    if options.regularizer in ("kl", "js"):
+        log_factors = log_gaussian_factors(xp, t, tuple(logits.shape[-ndim:]), options.sigma)
+        if options.regularizer == "js":
+            factors = [exp_clamped(xp, lg) for lg in log_factors]
+    stats = passes.softmax_statistics(
+        xp, logits, ndim, temperature, entropy=log_factors is not None, mixture=factors
+    )
     margins = stats["margins"]
     mu, var = moments(xp, margins, _grids(xp, logits, ndim))
-    t = to_dtype(xp, target, mu.dtype)
     weights = point_weights(xp, mask, tuple(t.shape[:-1]), mu)
     per_point = _norm(xp, mu - t)
     residuals = {"lse": stats["lse"], "mu": mu}
@@ -164,19 +175,17 @@ def dsnt_loss_forward(
         error = var * _variance_scale(xp, logits, ndim, mu) - options.sigma**2
         per_point = per_point + options.reg_weight * xp.sum(error * error, axis=-1)
         residuals["var"] = var
-    elif divergent:
-        log_factors = log_gaussian_factors(xp, t, tuple(logits.shape[-ndim:]), options.sigma)
+    elif log_factors is not None:
+        # The backward pass needs the 1-D factors (log Q for KL, Q for JS): small, so kept.
+        residuals.update(gaussian_residuals(log_factors if factors is None else factors))
         neg_entropy = stats["neg_entropy"]
-        cross = sum(xp.sum(m * lg, axis=-1) for m, lg in zip(margins, log_factors))
-        if options.regularizer == "kl":
-            divergence = neg_entropy - cross
+        if factors is None:  # KL(P || Q)
+            divergence = neg_entropy - sum(xp.sum(m * lg, axis=-1) for m, lg in zip(margins, log_factors))
             residuals["divergence"] = divergence
         else:
-            factors = [exp_flushed(xp, lg) for lg in log_factors]
-            m_log_m, p_log_m = passes.js_sums(xp, logits, stats, factors, ndim, temperature)
             gaussian_neg_entropy = sum(xp.sum(f * lg, axis=-1) for f, lg in zip(factors, log_factors))
-            divergence = 0.5 * (neg_entropy + gaussian_neg_entropy - 2.0 * m_log_m)
-            residuals["divergence"] = neg_entropy - p_log_m  # KL(P || M)
+            divergence = 0.5 * (neg_entropy + gaussian_neg_entropy - 2.0 * stats["m_log_m"])
+            residuals["divergence"] = neg_entropy - stats["p_log_m"]  # KL(P || M)
         per_point = per_point + options.reg_weight * divergence
     return xp.sum(weights * per_point), residuals
 
@@ -216,15 +225,15 @@ def dsnt_loss_backward(
             per_axis[k] = per_axis[k] + var_coef[..., k : k + 1] * centred * centred
         const = const + xp.sum(var_coef * var, axis=-1)
     elif options.regularizer in ("kl", "js"):
-        log_factors = log_gaussian_factors(xp, t, tuple(logits.shape[-ndim:]), options.sigma)
+        factors = [residuals[f"gaussian{k}"] for k in range(ndim)]
         if options.regularizer == "kl":
             for k in range(ndim):
-                per_axis[k] = per_axis[k] - reg_scale[..., None] * log_factors[k]
+                per_axis[k] = per_axis[k] - reg_scale[..., None] * factors[k]
             divergence = Divergence("kl", reg_scale)
             const = const + reg_scale * residuals["divergence"]
         else:
             # G_P = log(P / M) / 2 with log M = log(P + G) - log 2; the log 2 joins the constant.
-            divergence = Divergence("js", reg_scale, tuple(exp_flushed(xp, lg) for lg in log_factors))
+            divergence = Divergence("js", reg_scale, tuple(factors))
             const = const + 0.5 * reg_scale * (residuals["divergence"] - math.log(2.0))
     # Per-heatmap constants are folded into the x factor: one full-size pass fewer.
     per_axis[0] = per_axis[0] - const[..., None]

@@ -1,15 +1,13 @@
 """The full-size passes of the fused rules, in array-API code.
 
 :mod:`dsnt_core._fused_rules` does all of its per-heatmap arithmetic itself and touches
-arrays of heatmap size only through the three functions here:
+arrays of heatmap size only through the two functions here:
 
-* :func:`softmax_statistics`: log-sum-exp, marginals (and the negative entropy) of
-  ``softmax(logits / T)``;
-* :func:`js_sums`: ``sum M log M`` and ``sum P log M`` for ``M = (P + Q) / 2`` with a
-  separable ``Q``;
+* :func:`softmax_statistics`: log-sum-exp, marginals (and the negative entropy, and the
+  sums of the Jensen-Shannon divergence to a separable ``Q``) of ``softmax(logits / T)``;
 * :func:`gradient_map`: ``P * (sum_k a_k[x_k] + e(P, Q)) / T``, the gradient of every rule.
 
-A backend may supply its own implementation of the same three functions (same names,
+A backend may supply its own implementation of the same two functions (same names,
 arguments and results) to run the rules on native kernels; see ``dsnt_torch._native``.
 """
 
@@ -60,15 +58,23 @@ def tiny(xp: Namespace, x: Array) -> Array:
 
 
 def softmax_statistics(
-    xp: Namespace, logits: Array, ndim: int, temperature: float, *, entropy: bool = False
+    xp: Namespace,
+    logits: Array,
+    ndim: int,
+    temperature: float,
+    *,
+    entropy: bool = False,
+    mixture: list[Array] | None = None,
 ) -> dict[str, Any]:
     """Log-sum-exp and the marginals of ``P = softmax(logits / T)``, in one pass.
 
     Returns a dict with ``lse`` (batch shape), ``margins`` (list of (..., n_k), x first),
     ``has_mass`` (False for a heatmap whose logits are all ``-inf``; it is treated as
-    uniform, with ``lse = 0`` so that ``exp(u - lse) = 0`` gives it a zero gradient) and,
-    with ``entropy=True``, ``neg_entropy`` (``sum P log P``). Other keys are private to the
-    implementation that made the dict.
+    uniform, with ``lse = 0`` so that ``exp(u - lse) = 0`` gives it a zero gradient); with
+    ``entropy=True``, ``neg_entropy`` (``sum P log P``); with ``mixture`` (the 1-D factors
+    of a separable ``Q``, x first), ``m_log_m`` and ``p_log_m``: ``sum M log M`` and
+    ``sum P log M`` for ``M = (P + Q) / 2``. Other keys are private to the implementation
+    that made the dict.
     """
     u = scaled_logits(xp, logits, temperature)
     peak, shifted, exp_shifted = shifted_exp(xp, u, ndim)
@@ -91,22 +97,17 @@ def softmax_statistics(
     if entropy:
         expected_shift = xp.sum(exp_shifted * floor_at_lowest(xp, shifted), axis=spatial_axes(ndim)) * inv_total
         stats["neg_entropy"] = xp.where(has_mass, expected_shift - log_total, -math.log(spatial_size(u, ndim)))
+    if mixture is not None:
+        p = xp.where(
+            keep_spatial(xp, has_mass, ndim),
+            exp_shifted * keep_spatial(xp, inv_total, ndim),
+            1.0 / spatial_size(u, ndim),
+        )
+        m = 0.5 * (p + outer_product(xp, mixture))
+        log_m = xp.log(xp.maximum(m, tiny(xp, m)))
+        stats["m_log_m"] = xp.sum(m * log_m, axis=spatial_axes(ndim))
+        stats["p_log_m"] = xp.sum(p * log_m, axis=spatial_axes(ndim))
     return stats
-
-
-def js_sums(
-    xp: Namespace, logits: Array, stats: dict[str, Any], factors: list[Array], ndim: int, temperature: float
-) -> tuple[Array, Array]:
-    """``(sum M log M, sum P log M)`` with ``M = (P + Q) / 2``, ``Q = outer_product(factors)``."""
-    p = xp.where(
-        keep_spatial(xp, stats["has_mass"], ndim),
-        stats["exp_shifted"] * keep_spatial(xp, stats["inv_total"], ndim),
-        1.0 / spatial_size(logits, ndim),
-    )
-    m = 0.5 * (p + outer_product(xp, factors))
-    log_m = xp.log(xp.maximum(m, tiny(xp, m)))
-    axes = spatial_axes(ndim)
-    return xp.sum(m * log_m, axis=axes), xp.sum(p * log_m, axis=axes)
 
 
 def gradient_map(

@@ -43,7 +43,10 @@ def expected_coordinates(xp: Namespace, margins: list[Array], grids: list[Array]
 def moments(xp: Namespace, margins: list[Array], grids: list[Array]) -> tuple[Array, Array]:
     """Means and variances (..., ndim) of the coordinate under each marginal."""
     means = [xp.sum(m * g, axis=-1) for m, g in zip(margins, grids)]
-    variances = [xp.sum(m * (g - mean[..., None]) ** 2, axis=-1) for m, g, mean in zip(margins, grids, means)]
+    variances = []
+    for m, g, mean in zip(margins, grids, means):
+        centred = g - mean[..., None]
+        variances.append(xp.sum(m * (centred * centred), axis=-1))
     return xp.stack(means, axis=-1), xp.stack(variances, axis=-1)
 
 

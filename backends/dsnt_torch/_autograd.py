@@ -123,7 +123,8 @@ class _SoftArgmax(torch.autograd.Function):
 
 
 def _residual_keys(options: rules.LossOptions) -> tuple[str, ...]:
-    extra = {"var": ("var",), "kl": ("divergence",), "js": ("divergence",)}
+    gaussian = tuple(f"gaussian{k}" for k in range(options.ndim))
+    extra = {"var": ("var",), "kl": ("divergence", *gaussian), "js": ("divergence", *gaussian)}
     return ("lse", "mu", *extra.get(options.regularizer, ()))
 
 

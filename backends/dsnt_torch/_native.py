@@ -1,6 +1,6 @@
 """Native CPU passes for the fused rules: a C++ extension built on first use (opt-in).
 
-The extension (``native_passes.cpp``, next to this file) implements the three full-size
+The extension (``native_passes.cpp``, next to this file) implements the two full-size
 passes of :mod:`dsnt_core._heatmap_passes` with ATen's vectorised math, one heatmap per
 task while it is in cache. The rules of :mod:`dsnt_core._fused_rules` run unchanged on top
 of it. It is compiled with ``torch.utils.cpp_extension`` the first time it is needed (a C++
@@ -52,7 +52,7 @@ def extension() -> ModuleType:
         return load_inline(
             name=f"dsnt_native_passes_{capability}",
             cpp_sources=[SOURCE.read_text()],
-            functions=["softmax_statistics", "js_sums", "gradient_map"],
+            functions=["softmax_statistics", "gradient_map"],
             extra_cflags=_compiler_flags(),
             extra_ldflags=["-fopenmp"],  # at::parallel_for runs on ATen's OpenMP pool
             verbose=False,
@@ -110,28 +110,27 @@ def _per_heatmap(vectors: list[torch.Tensor], u: torch.Tensor, batch: tuple, fil
     return [v.to(u.dtype).contiguous() for v in result]
 
 
-def softmax_statistics(xp: Any, logits: torch.Tensor, ndim: int, temperature: float, *, entropy: bool = False) -> dict:
+def softmax_statistics(
+    xp: Any,
+    logits: torch.Tensor,
+    ndim: int,
+    temperature: float,
+    *,
+    entropy: bool = False,
+    mixture: list[torch.Tensor] | None = None,
+) -> dict:
     """Native :func:`dsnt_core._heatmap_passes.softmax_statistics`."""
     batch = tuple(logits.shape[: logits.ndim - ndim])
     u = _heatmaps(logits, ndim)
-    lse, mx, my, mz, has_mass, neg_entropy = extension().softmax_statistics(u, 1.0 / temperature, entropy)
-    margins = [m.reshape(*batch, m.shape[-1]) for m in (mx, my, mz)[:ndim]]
-    stats = {"lse": lse.reshape(batch), "margins": margins, "has_mass": has_mass.reshape(batch) > 0, "mass": has_mass}
+    fx, fy, fz = _per_heatmap(mixture, u, batch, 1.0) if mixture is not None else (u, u, u)
+    results = extension().softmax_statistics(u, 1.0 / temperature, entropy, mixture is not None, fx, fy, fz)
+    lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m = (r.reshape(*batch, *r.shape[1:]) for r in results)
+    stats = {"lse": lse, "margins": [mx, my, mz][:ndim], "has_mass": has_mass > 0}
     if entropy:
-        stats["neg_entropy"] = neg_entropy.reshape(batch)
+        stats["neg_entropy"] = neg_entropy
+    if mixture is not None:
+        stats["m_log_m"], stats["p_log_m"] = m_log_m, p_log_m
     return stats
-
-
-def js_sums(
-    xp: Any, logits: torch.Tensor, stats: dict, factors: list[torch.Tensor], ndim: int, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Native :func:`dsnt_core._heatmap_passes.js_sums`."""
-    batch = stats["lse"].shape
-    u = _heatmaps(logits, ndim)
-    fx, fy, fz = _per_heatmap(factors, u, tuple(batch), 1.0)
-    lse = stats["lse"].reshape(-1).contiguous()
-    m_log_m, p_log_m = extension().js_sums(u, 1.0 / temperature, lse, stats["mass"], fx, fy, fz)
-    return m_log_m.reshape(batch), p_log_m.reshape(batch)
 
 
 def gradient_map(

@@ -1,4 +1,4 @@
-// Native CPU versions of the three full-size passes of dsnt_core._heatmap_passes.
+// Native CPU versions of the two full-size passes of dsnt_core._heatmap_passes.
 //
 // Same arguments and results as the array-API passes (see that module for the math); the
 // rules themselves stay in dsnt_core._fused_rules. Each heatmap is handled by one thread in
@@ -55,6 +55,35 @@ Vectorized<T> fast_exp(const Vectorized<T>& v) {
   return v.exp_u20();
 }
 
+// log for arguments that are positive normal numbers (the passes clamp them to at least the
+// smallest normal first). SLEEF's log by default; with AVX-512, float uses the exponent and
+// mantissa instructions and log(m) = 2 atanh((m - 1) / (m + 1)) for m in [0.75, 1.5), a
+// series whose first omitted term is below 4e-9: about 1 ulp, at half the cost.
+template <typename T>
+Vectorized<T> fast_log(const Vectorized<T>& v) {
+  return v.log();
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+Vectorized<float> fast_log<float>(const Vectorized<float>& v) {
+  const __m512 x = v;
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 mantissa = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+  __m512 exponent = _mm512_getexp_ps(x);
+  const __mmask16 upper = _mm512_cmp_ps_mask(mantissa, _mm512_set1_ps(1.5f), _CMP_GE_OQ);
+  mantissa = _mm512_mask_mul_ps(mantissa, upper, mantissa, _mm512_set1_ps(0.5f));
+  exponent = _mm512_mask_add_ps(exponent, upper, exponent, one);
+  const __m512 s = _mm512_div_ps(_mm512_sub_ps(mantissa, one), _mm512_add_ps(mantissa, one));
+  const __m512 s2 = _mm512_mul_ps(s, s);
+  __m512 series = _mm512_fmadd_ps(s2, _mm512_set1_ps(2.0f / 9.0f), _mm512_set1_ps(2.0f / 7.0f));
+  series = _mm512_fmadd_ps(s2, series, _mm512_set1_ps(2.0f / 5.0f));
+  series = _mm512_fmadd_ps(s2, series, _mm512_set1_ps(2.0f / 3.0f));
+  series = _mm512_fmadd_ps(s2, series, _mm512_set1_ps(2.0f));
+  return Vectorized<float>(_mm512_fmadd_ps(exponent, _mm512_set1_ps(0.693147180559945309f), _mm512_mul_ps(s, series)));
+}
+#endif
+
 template <typename T>
 bool poisoned(T value) {
   return std::isnan(value) || (std::isinf(value) && value > 0);
@@ -102,9 +131,13 @@ T heatmap_max(const T* x, int64_t size) {
   return peak;
 }
 
-// lse, the marginals along x (W), y (H), z (D), has_mass and (with entropy) sum P log P.
+// lse, the marginals along x (W), y (H), z (D), has_mass, (with entropy) sum P log P and
+// (with mixture) sum M log M and sum P log M for M = (P + fx fy fz) / 2. For the mixture
+// sums, exp(u - peak) is kept in a per-thread scratch heatmap, so P costs no second exp.
 template <typename T>
-std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_temperature, bool entropy) {
+std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_temperature, bool entropy,
+                                        bool mixture, const at::Tensor& fx, const at::Tensor& fy,
+                                        const at::Tensor& fz) {
   using Vec = Vectorized<T>;
   const Layout l = layout_of(logits);
   auto options = logits.options();
@@ -112,7 +145,13 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
   at::Tensor neg_entropy = at::empty({l.n}, options);
   at::Tensor mx = at::empty({l.n, l.w}, options), my = at::empty({l.n, l.h}, options);
   at::Tensor mz = at::empty({l.n, l.d}, options);
+  at::Tensor m_log_m = at::empty({l.n}, options), p_log_m = at::empty({l.n}, options);
   const T* data = logits.data_ptr<T>();
+  T *mm_p = m_log_m.data_ptr<T>(), *pm_p = p_log_m.data_ptr<T>();
+  const T* fx_p = mixture ? fx.data_ptr<T>() : nullptr;
+  const T* fy_p = mixture ? fy.data_ptr<T>() : nullptr;
+  const T* fz_p = mixture ? fz.data_ptr<T>() : nullptr;
+  const T tiny = std::numeric_limits<T>::min();
   T* lse_p = lse.data_ptr<T>();
   T* mass_p = has_mass.data_ptr<T>();
   T* ent_p = neg_entropy.data_ptr<T>();
@@ -125,11 +164,43 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
 
   at::parallel_for(0, l.n, grain_for(l), [&](int64_t begin, int64_t end) {
     const FlushSubnormals flush;
-    std::vector<T> columns(l.w), row_totals(rows);
+    std::vector<T> columns(l.w), row_totals(rows), scratch(mixture ? l.size() : 0);
     for (int64_t i = begin; i < end; ++i) {
       const T* x = data + i * l.size();
       const T peak = heatmap_max(x, l.size()) * inv_t;
+      // sum M log M and sum P log M, P = scale * scratch (or the uniform value when has_mass is 0).
+      auto mixture_sums = [&](bool uniform, T scale) {
+        const Vec v_scale(scale), v_half(T(0.5)), v_tiny(tiny), v_uniform(T(1) / l.size());
+        Vec acc_mm(0), acc_pm(0);
+        T mm = 0, pm = 0;
+        for (int64_t z = 0; z < l.d; ++z) {
+          for (int64_t y = 0; y < l.h; ++y) {
+            const int64_t offset = (z * l.h + y) * l.w;
+            const T* gx = fx_p + i * l.w;
+            const T gyz = fy_p[i * l.h + y] * fz_p[i * l.d + z];
+            const Vec v_gyz(gyz);
+            int64_t j = 0;
+            for (; j + Vec::size() <= l.w; j += Vec::size()) {
+              const Vec p = uniform ? v_uniform : Vec::loadu(scratch.data() + offset + j) * v_scale;
+              const Vec m = v_half * (p + Vec::loadu(gx + j) * v_gyz);
+              const Vec log_m = fast_log(at::vec::maximum(m, v_tiny));
+              acc_mm = acc_mm + m * log_m;
+              acc_pm = acc_pm + p * log_m;
+            }
+            for (; j < l.w; ++j) {
+              const T p = uniform ? T(1) / l.size() : scratch[offset + j] * scale;
+              const T m = T(0.5) * (p + gx[j] * gyz);
+              const T log_m = std::log(std::max(m, tiny));
+              mm += m * log_m;
+              pm += p * log_m;
+            }
+          }
+        }
+        mm_p[i] = mm + lane_sum(acc_mm);
+        pm_p[i] = pm + lane_sum(acc_pm);
+      };
       if (std::isinf(peak) && peak < 0) {  // every logit is -inf: uniform, lse = 0
+        if (mixture) mixture_sums(true, T(0));
         lse_p[i] = 0;
         mass_p[i] = 0;
         ent_p[i] = -std::log(static_cast<T>(l.size()));
@@ -140,7 +211,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
       }
       if (poisoned(peak)) {
         const T nan = std::numeric_limits<T>::quiet_NaN();
-        lse_p[i] = ent_p[i] = nan;
+        lse_p[i] = ent_p[i] = mm_p[i] = pm_p[i] = nan;
         mass_p[i] = 1;
         std::fill(mx_p + i * l.w, mx_p + (i + 1) * l.w, nan);
         std::fill(my_p + i * l.h, my_p + (i + 1) * l.h, nan);
@@ -157,6 +228,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
         for (; j + Vec::size() <= l.w; j += Vec::size()) {
           const Vec shifted = Vec::loadu(row + j) * v_inv - v_peak;
           const Vec e = fast_exp(shifted);
+          if (mixture) e.store(scratch.data() + r * l.w + j);
           acc = acc + e;
           (Vec::loadu(columns.data() + j) + e).store(columns.data() + j);
           if (entropy) ent = ent + e * at::vec::maximum(shifted, v_lowest);
@@ -165,6 +237,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
         for (; j < l.w; ++j) {
           const T shifted = row[j] * inv_t - peak;
           const T e = std::exp(shifted);
+          if (mixture) scratch[r * l.w + j] = e;
           total += e;
           columns[j] += e;
           if (entropy) shift += e * std::max(shifted, lowest);
@@ -178,6 +251,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
       lse_p[i] = peak + log_total;
       mass_p[i] = 1;
       ent_p[i] = shift_sum * inv_total - log_total;
+      if (mixture) mixture_sums(false, inv_total);
       for (int64_t j = 0; j < l.w; ++j) mx_p[i * l.w + j] = columns[j] * inv_total;
       for (int64_t y = 0; y < l.h; ++y) {
         T s = 0;
@@ -191,65 +265,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
       }
     }
   });
-  return {lse, mx, my, mz, has_mass, neg_entropy};
-}
-
-// sum M log M and sum P log M, M = (P + fx fy fz) / 2; P uniform where has_mass is 0.
-template <typename T>
-std::vector<at::Tensor> js_sums_impl(const at::Tensor& logits, double inv_temperature, const at::Tensor& lse,
-                                     const at::Tensor& has_mass, const at::Tensor& fx, const at::Tensor& fy,
-                                     const at::Tensor& fz) {
-  using Vec = Vectorized<T>;
-  const Layout l = layout_of(logits);
-  at::Tensor m_log_m = at::empty({l.n}, logits.options()), p_log_m = at::empty({l.n}, logits.options());
-  const T* data = logits.data_ptr<T>();
-  const T *lse_p = lse.data_ptr<T>(), *mass_p = has_mass.data_ptr<T>();
-  const T *fx_p = fx.data_ptr<T>(), *fy_p = fy.data_ptr<T>(), *fz_p = fz.data_ptr<T>();
-  T *mm_p = m_log_m.data_ptr<T>(), *pm_p = p_log_m.data_ptr<T>();
-  const T inv_t = static_cast<T>(inv_temperature);
-  const T tiny = std::numeric_limits<T>::min(), uniform = T(1) / l.size();
-
-  at::parallel_for(0, l.n, grain_for(l), [&](int64_t begin, int64_t end) {
-    const FlushSubnormals flush;
-    for (int64_t i = begin; i < end; ++i) {
-      const T* x = data + i * l.size();
-      const bool mass = mass_p[i] != 0;
-      const T shift = lse_p[i];
-      if (poisoned(shift)) {
-        mm_p[i] = pm_p[i] = std::numeric_limits<T>::quiet_NaN();
-        continue;
-      }
-      const Vec v_inv(inv_t), v_shift(shift), v_half(T(0.5)), v_tiny(tiny), v_uniform(uniform);
-      Vec acc_mm(0), acc_pm(0);
-      T mm = 0, pm = 0;
-      for (int64_t z = 0; z < l.d; ++z) {
-        for (int64_t y = 0; y < l.h; ++y) {
-          const T* row = x + (z * l.h + y) * l.w;
-          const T* gx = fx_p + i * l.w;
-          const T gyz = fy_p[i * l.h + y] * fz_p[i * l.d + z];
-          const Vec v_gyz(gyz);
-          int64_t j = 0;
-          for (; j + Vec::size() <= l.w; j += Vec::size()) {
-            const Vec p = mass ? fast_exp(Vec::loadu(row + j) * v_inv - v_shift) : v_uniform;
-            const Vec m = v_half * (p + Vec::loadu(gx + j) * v_gyz);
-            const Vec log_m = at::vec::maximum(m, v_tiny).log();
-            acc_mm = acc_mm + m * log_m;
-            acc_pm = acc_pm + p * log_m;
-          }
-          for (; j < l.w; ++j) {
-            const T p = mass ? std::exp(row[j] * inv_t - shift) : uniform;
-            const T m = T(0.5) * (p + gx[j] * gyz);
-            const T log_m = std::log(std::max(m, tiny));
-            mm += m * log_m;
-            pm += p * log_m;
-          }
-        }
-      }
-      mm_p[i] = mm + lane_sum(acc_mm);
-      pm_p[i] = pm + lane_sum(acc_pm);
-    }
-  });
-  return {m_log_m, p_log_m};
+  return {lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m};
 }
 
 // P * (ax[x] + ay[y] + az[z] + e) / T; e = 0 (mode 0), coef log P (mode 1, KL) or
@@ -304,7 +320,7 @@ at::Tensor gradient_impl(const at::Tensor& logits, double inv_temperature, const
                 inner = inner + v_c * log_p;
               } else {
                 const Vec twice_m = p + Vec::loadu(fx_p + i * l.w + j) * v_gyz;
-                inner = inner + v_c * (log_p - at::vec::maximum(twice_m, v_tiny).log());
+                inner = inner + v_c * (log_p - fast_log(at::vec::maximum(twice_m, v_tiny)));
               }
             }
             (p * inner * v_inv).store(g + offset + j);
@@ -335,20 +351,12 @@ at::Tensor gradient_impl(const at::Tensor& logits, double inv_temperature, const
 
 }  // namespace
 
-std::vector<at::Tensor> softmax_statistics(const at::Tensor& logits, double inv_temperature, bool entropy) {
+std::vector<at::Tensor> softmax_statistics(const at::Tensor& logits, double inv_temperature, bool entropy,
+                                           bool mixture, const at::Tensor& fx, const at::Tensor& fy,
+                                           const at::Tensor& fz) {
   std::vector<at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "softmax_statistics", [&] {
-    result = statistics_impl<scalar_t>(logits, inv_temperature, entropy);
-  });
-  return result;
-}
-
-std::vector<at::Tensor> js_sums(const at::Tensor& logits, double inv_temperature, const at::Tensor& lse,
-                                const at::Tensor& has_mass, const at::Tensor& fx, const at::Tensor& fy,
-                                const at::Tensor& fz) {
-  std::vector<at::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "js_sums", [&] {
-    result = js_sums_impl<scalar_t>(logits, inv_temperature, lse, has_mass, fx, fy, fz);
+    result = statistics_impl<scalar_t>(logits, inv_temperature, entropy, mixture, fx, fy, fz);
   });
   return result;
 }
