@@ -141,11 +141,6 @@ def _variance_scale(xp: Namespace, logits: Array, ndim: int, like: Array) -> Arr
     return xp.asarray(scale, dtype=like.dtype, device=device_of(like))
 
 
-def gaussian_residuals(factors: list[Array]) -> dict[str, Array]:
-    """The target Gaussian's 1-D factors as residuals ``gaussian0`` (x), ``gaussian1`` (y), ..."""
-    return {f"gaussian{k}": factor for k, factor in enumerate(factors)}
-
-
 def dsnt_loss_forward(
     xp: Namespace,
     logits: Array,
@@ -176,8 +171,6 @@ def dsnt_loss_forward(
         per_point = per_point + options.reg_weight * xp.sum(error * error, axis=-1)
         residuals["var"] = var
     elif log_factors is not None:
-        # The backward pass needs the 1-D factors (log Q for KL, Q for JS): small, so kept.
-        residuals.update(gaussian_residuals(log_factors if factors is None else factors))
         neg_entropy = stats["neg_entropy"]
         if factors is None:  # KL(P || Q)
             divergence = neg_entropy - sum(xp.sum(m * lg, axis=-1) for m, lg in zip(margins, log_factors))
@@ -225,15 +218,17 @@ def dsnt_loss_backward(
             per_axis[k] = per_axis[k] + var_coef[..., k : k + 1] * centred * centred
         const = const + xp.sum(var_coef * var, axis=-1)
     elif options.regularizer in ("kl", "js"):
-        factors = [residuals[f"gaussian{k}"] for k in range(ndim)]
+        # Recomputed from the target (cheap, 1-D), so that nothing but the logits and a few
+        # numbers per heatmap is kept between the passes.
+        log_factors = log_gaussian_factors(xp, t, tuple(logits.shape[-ndim:]), options.sigma)
         if options.regularizer == "kl":
             for k in range(ndim):
-                per_axis[k] = per_axis[k] - reg_scale[..., None] * factors[k]
+                per_axis[k] = per_axis[k] - reg_scale[..., None] * log_factors[k]
             divergence = Divergence("kl", reg_scale)
             const = const + reg_scale * residuals["divergence"]
         else:
             # G_P = log(P / M) / 2 with log M = log(P + G) - log 2; the log 2 joins the constant.
-            divergence = Divergence("js", reg_scale, tuple(factors))
+            divergence = Divergence("js", reg_scale, tuple(exp_clamped(xp, lg) for lg in log_factors))
             const = const + 0.5 * reg_scale * (residuals["divergence"] - math.log(2.0))
     # Per-heatmap constants are folded into the x factor: one full-size pass fewer.
     per_axis[0] = per_axis[0] - const[..., None]

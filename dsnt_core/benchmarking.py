@@ -46,6 +46,41 @@ def time_interleaved(candidates: dict[str, Callable[[], Any]], repeats: int) -> 
 # ------------------------------------------------------------------------------- torch
 
 
+def native_available() -> bool:
+    """Whether dsnt_torch's native CPU kernels can be built (or loaded) here."""
+    import dsnt_torch
+
+    try:
+        dsnt_torch.build_native_kernels()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _with_native_kernels(enabled: bool, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with dsnt_torch's native kernels switched on or off (a flag: no cost)."""
+    import dsnt_torch
+
+    def run() -> Any:
+        dsnt_torch.use_native_kernels(enabled)
+        try:
+            return fn()
+        finally:
+            dsnt_torch.use_native_kernels(False)
+
+    return run
+
+
+def eager(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` on the array-API passes (the default)."""
+    return _with_native_kernels(False, fn)
+
+
+def native(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` on the native CPU passes (``dsnt_torch.use_native_kernels``)."""
+    return _with_native_kernels(True, fn)
+
+
 def _torch_candidates(shape: tuple[int, ...], with_peers: bool) -> tuple[dict[str, Callable], Any]:
     import torch
 
@@ -80,10 +115,19 @@ def _torch_candidates(shape: tuple[int, ...], with_peers: bool) -> tuple[dict[st
 
     candidates: dict[str, Callable] = {
         "exp floor": lambda: torch.exp(logits),
-        "ours soft_argmax fwd": lambda: dsnt_core.soft_argmax(logits, ndim=ndim),
-        "ours soft_argmax fwd+bwd": coords_bwd(lambda z: dsnt_core.soft_argmax(z, ndim=ndim)),
-        "ours step fwd": lambda: ours_step(logits),
-        "ours step fwd+bwd": fwd_bwd(ours_step),
+        "ours soft_argmax fwd": eager(lambda: dsnt_core.soft_argmax(logits, ndim=ndim)),
+        "ours soft_argmax fwd+bwd": eager(coords_bwd(lambda z: dsnt_core.soft_argmax(z, ndim=ndim))),
+        "ours step fwd": eager(lambda: ours_step(logits)),
+        "ours step fwd+bwd": eager(fwd_bwd(ours_step)),
+    }
+    if native_available():
+        candidates |= {
+            "native soft_argmax fwd": native(lambda: dsnt_core.soft_argmax(logits, ndim=ndim)),
+            "native soft_argmax fwd+bwd": native(coords_bwd(lambda z: dsnt_core.soft_argmax(z, ndim=ndim))),
+            "native step fwd": native(lambda: ours_step(logits)),
+            "native step fwd+bwd": native(fwd_bwd(ours_step)),
+        }
+    candidates |= {
         "naive soft_argmax fwd+bwd": coords_bwd(naive_coords),
         "naive step fwd+bwd": fwd_bwd(naive_step),
     }
@@ -247,6 +291,10 @@ def run_suite(
         results["environment"]["torch"] = torch.__version__
     peers = _available("dsntnn")
     results["environment"].update(numpy=np.__version__, repeats=repeats, threads=2)
+    if "torch" in libraries:
+        start = time.perf_counter()
+        if native_available():
+            results["native_first_call"] = time.perf_counter() - start
 
     for label, shape in shapes.items():
         for library in libraries:
@@ -264,6 +312,8 @@ def run_suite(
         shape = next(iter(shapes.values()))
         _, (logits, target, ours_step, naive_step) = _torch_candidates(shape, with_peers=False)
         measured = {"ours": ours_step, "naive": naive_step}
+        if native_available():
+            measured["native"] = lambda z: native(lambda: ours_step(z))()
         if peers:
             import dsntnn
 
@@ -281,12 +331,9 @@ def run_suite(
         print_fn(f"compiled: {results['compiled']}")
         for shape_ in sweep:
             candidates, _ = _torch_candidates(shape_, with_peers=False)
-            step = {"ours step fwd+bwd": candidates["ours step fwd+bwd"]}
-            results["sweep"][str(math.prod(shape_))] = time_interleaved(step, repeats)["ours step fwd+bwd"]
-        if len(results["sweep"]) >= 2:
-            sizes = np.log([float(k) for k in results["sweep"]])
-            seconds = np.log(list(results["sweep"].values()))
-            results["sweep_exponent"] = float(np.polyfit(sizes, seconds, 1)[0])
+            steps = {k: candidates[k] for k in ("ours step fwd+bwd", "native step fwd+bwd") if k in candidates}
+            results["sweep"][str(math.prod(shape_))] = time_interleaved(steps, repeats)
+        results["sweep_exponent"] = sweep_exponents(results["sweep"])
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -298,6 +345,15 @@ def run_suite(
         print_fn("matplotlib is not installed: no chart (pip install 'dsnt-core[demo]')")
     print_fn(markdown_report(results))
     return results
+
+
+def sweep_exponents(sweep: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Fitted exponent ``a`` of ``time ~ size ** a`` for each candidate of the size sweep."""
+    if len(sweep) < 2:
+        return {}
+    sizes = np.log([float(k) for k in sweep])
+    names = next(iter(sweep.values())).keys()
+    return {name: float(np.polyfit(sizes, np.log([t[name] for t in sweep.values()]), 1)[0]) for name in names}
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -343,10 +399,14 @@ def markdown_report(results: dict[str, Any]) -> str:
             reference = "dsntnn " + name.split(" ", 1)[1]
             speedup = f"{compiled[reference] / seconds:.2f}x" if reference in compiled else "-"
             lines.append(f"| {name} | {seconds * 1e3:.2f} | {seconds / compiled['exp floor']:.1f} | {speedup} |")
-    if "sweep_exponent" in results:
+    for name, exponent in (results.get("sweep_exponent") or {}).items():
+        lines += ["", f"Size sweep (torch, {name}): time grows as (B*K*H*W)^{exponent:.2f}."]
+    native_build = results.get("native_first_call")
+    if native_build is not None:
         lines += [
             "",
-            f"Size sweep (torch, ours, JS step fwd+bwd): time grows as (B*K*H*W)^{results['sweep_exponent']:.2f}.",
+            f"Native kernels (`dsnt_torch.use_native_kernels()`): built or loaded from PyTorch's extension cache in "
+            f"{native_build:.1f} s on the first call of this run.",
         ]
     return "\n".join(lines) + "\n"
 

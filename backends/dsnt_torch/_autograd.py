@@ -123,8 +123,7 @@ class _SoftArgmax(torch.autograd.Function):
 
 
 def _residual_keys(options: rules.LossOptions) -> tuple[str, ...]:
-    gaussian = tuple(f"gaussian{k}" for k in range(options.ndim))
-    extra = {"var": ("var",), "kl": ("divergence", *gaussian), "js": ("divergence", *gaussian)}
+    extra = {"var": ("var",), "kl": ("divergence",), "js": ("divergence",)}
     return ("lse", "mu", *extra.get(options.regularizer, ()))
 
 

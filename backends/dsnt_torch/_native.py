@@ -124,7 +124,7 @@ def softmax_statistics(
     u = _heatmaps(logits, ndim)
     fx, fy, fz = _per_heatmap(mixture, u, batch, 1.0) if mixture is not None else (u, u, u)
     results = extension().softmax_statistics(u, 1.0 / temperature, entropy, mixture is not None, fx, fy, fz)
-    lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m = (r.reshape(*batch, *r.shape[1:]) for r in results)
+    lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m = (r.reshape((*batch, *r.shape[1:])) for r in results)
     stats = {"lse": lse, "margins": [mx, my, mz][:ndim], "has_mass": has_mass > 0}
     if entropy:
         stats["neg_entropy"] = neg_entropy
