@@ -6,7 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import logits_arrays, targets_for
 
@@ -87,6 +87,9 @@ def test_native_passes_match_the_array_api_passes_in_float64(data, case, regular
     mask = torch.as_tensor(np.arange(int(np.prod(batch))).reshape(batch) % 3 != 1) if use_mask else None
     options = dict(ndim=ndim, temperature=temperature, sigma=sigma, regularizer=regularizer, reg_weight=0.7)
     generic = _run(logits, target, cotangent, native=False, mask=mask, **options)
+    # At coordinates equal to the target the Euclidean term has a kink: which side of it a
+    # rounding error lands on decides the gradient, so such cases prove nothing.
+    assume(bool(torch.all(torch.linalg.vector_norm(generic[0] - target, dim=-1) > 1e-6)))
     fast = _run(logits, target, cotangent, native=True, mask=mask, **options)
     _assert_same(generic, fast, rtol=1e-9, atol=1e-11)
 
