@@ -5,7 +5,9 @@ subtraction, an ``exp`` and several reductions, each a full pass over the heatma
 runs each of those as its own loop, so the forward costs about four times one ``exp``. Here:
 
 * the heatmaps are processed in blocks that fit in the L2 cache, with ``exp`` written into
-  a reused buffer (``out=``, which the array API does not have);
+  a reused buffer (``out=``, which the array API does not have), on as many threads as the
+  process has cores (up to four; NumPy releases the GIL in ``exp`` and ``matmul``), like the
+  other libraries' CPU kernels;
 * the mass and the first moments of a block come from one matrix product with the
   ``(size, 1 + ndim)`` matrix of columns ``[1, x, y(, z)]`` (BLAS reads the block once);
 * the max is not subtracted. ``exp(u)`` is used as it is wherever that is exact to the
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -49,18 +53,43 @@ def moment_matrix(spatial: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return matrix
 
 
-def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``exp(flat) @ matrix`` block by block; rows whose ``exp`` overflowed hold ``inf``/NaN."""
-    rows, size = flat.shape
-    block = max(1, BLOCK_BYTES // (size * flat.itemsize))
-    result = np.empty((rows, matrix.shape[1]), dtype=flat.dtype)
-    buffer = np.empty((min(block, rows), size), dtype=flat.dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, rows, block):
-            stop = min(start + block, rows)
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="dsnt-numpy")
+
+
+def _moments_of_rows(flat: np.ndarray, matrix: np.ndarray, result: np.ndarray, rows: range, block: int) -> None:
+    """``result[rows] = exp(flat[rows]) @ matrix``, one cache-sized block at a time."""
+    buffer = np.empty((min(block, len(rows)), flat.shape[1]), dtype=flat.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # per thread: overflow is detected afterwards
+        for start in range(rows.start, rows.stop, block):
+            stop = min(start + block, rows.stop)
             exp_block = buffer[: stop - start]
             np.exp(flat[start:stop], out=exp_block)
             np.matmul(exp_block, matrix, out=result[start:stop])
+
+
+def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``exp(flat) @ matrix``; rows whose ``exp`` overflowed hold ``inf``/NaN."""
+    rows, size = flat.shape
+    block = max(1, BLOCK_BYTES // (size * flat.itemsize))
+    result = np.empty((rows, matrix.shape[1]), dtype=flat.dtype)
+    workers = min(4, usable_cores(), rows // (2 * block))  # at least two blocks per thread
+    if workers < 2:
+        _moments_of_rows(flat, matrix, result, range(rows), block)
+        return result
+    share = -(-rows // workers)
+    bounds = [range(start, min(start + share, rows)) for start in range(0, rows, share)]
+    jobs = [_thread_pool(workers).submit(_moments_of_rows, flat, matrix, result, b, block) for b in bounds]
+    for job in jobs:
+        job.result()
     return result
 
 
