@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -65,9 +66,22 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="dsnt-numpy")
 
 
+_scratch = threading.local()
+
+
+def _block_buffer(rows: int, size: int, dtype: np.dtype) -> np.ndarray:
+    """A per-thread scratch block, kept between calls: a fresh one would be a fresh mapping
+    (page faults) once the allocator has handed large blocks back to the system."""
+    nbytes = rows * size * dtype.itemsize
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _scratch.buffer = np.empty(max(nbytes, BLOCK_BYTES), dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(rows, size)
+
+
 def _moments_of_rows(flat: np.ndarray, matrix: np.ndarray, result: np.ndarray, rows: range, block: int) -> None:
     """``result[rows] = exp(flat[rows]) @ matrix``, one cache-sized block at a time."""
-    buffer = np.empty((min(block, len(rows)), flat.shape[1]), dtype=flat.dtype)
+    buffer = _block_buffer(min(block, len(rows)), flat.shape[1], flat.dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # per thread: overflow is detected afterwards
         for start in range(rows.start, rows.stop, block):
             stop = min(start + block, rows.stop)

@@ -81,14 +81,16 @@ def native(fn: Callable[[], Any]) -> Callable[[], Any]:
     return _with_native_kernels(True, fn)
 
 
-def _torch_candidates(shape: tuple[int, ...], with_peers: bool) -> tuple[dict[str, Callable], Any]:
+def _torch_candidates(
+    shape: tuple[int, ...], with_peers: bool, device: str = "cpu"
+) -> tuple[dict[str, Callable], Any]:
     import torch
 
     ndim = len(shape) - 2
     generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(shape, generator=generator)
-    target = torch.rand((*shape[:2], ndim), generator=generator) * 1.6 - 0.8
-    cotangent = torch.randn((*shape[:2], ndim), generator=generator)
+    logits = torch.randn(shape, generator=generator).to(device)
+    target = (torch.rand((*shape[:2], ndim), generator=generator) * 1.6 - 0.8).to(device)
+    cotangent = torch.randn((*shape[:2], ndim), generator=generator).to(device)
 
     def fwd_bwd(loss_fn: Callable) -> Callable[[], Any]:
         def run() -> Any:
@@ -120,7 +122,7 @@ def _torch_candidates(shape: tuple[int, ...], with_peers: bool) -> tuple[dict[st
         "ours step fwd": eager(lambda: ours_step(logits)),
         "ours step fwd+bwd": eager(fwd_bwd(ours_step)),
     }
-    if native_available():
+    if device == "cpu" and native_available():
         candidates |= {
             "native soft_argmax fwd": native(lambda: dsnt_core.soft_argmax(logits, ndim=ndim)),
             "native soft_argmax fwd+bwd": native(coords_bwd(lambda z: dsnt_core.soft_argmax(z, ndim=ndim))),
@@ -217,6 +219,58 @@ def _torch_compiled_step(shape: tuple[int, ...], repeats: int) -> dict[str, floa
     return result
 
 
+# --------------------------------------------------------------------------------- GPU
+# Timed only where a GPU exists; every candidate ends with a device synchronisation.
+
+
+def _synchronized(fn: Callable[[], Any], synchronize: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        fn()
+        synchronize()
+
+    return run
+
+
+def _torch_cuda_candidates(shape: tuple[int, ...], with_peers: bool) -> dict[str, Callable]:
+    import torch
+
+    candidates, _ = _torch_candidates(shape, with_peers=with_peers, device="cuda")
+    return {name: _synchronized(fn, torch.cuda.synchronize) for name, fn in candidates.items()}
+
+
+def _cupy_candidates(shape: tuple[int, ...]) -> dict[str, Callable]:
+    import cupy
+
+    ndim = len(shape) - 2
+    rng = np.random.default_rng(0)
+    logits = cupy.asarray(rng.normal(size=shape).astype(np.float32))
+    target = cupy.asarray(rng.uniform(-0.8, 0.8, size=(*shape[:2], ndim)).astype(np.float32))
+    candidates = {
+        "exp floor": lambda: cupy.exp(logits),
+        "ours soft_argmax fwd": lambda: dsnt_core.soft_argmax(logits, ndim=ndim),
+        "ours step fwd": lambda: dsnt_core.dsnt_loss(logits, target, sigma=SIGMA, ndim=ndim),
+        "ours step fwd+bwd": lambda: dsnt_core.dsnt_loss_value_and_grad(logits, target, sigma=SIGMA, ndim=ndim),
+        "naive step fwd": lambda: composed_dsnt_loss(logits, target, sigma=SIGMA, ndim=ndim),
+    }
+    return {name: _synchronized(fn, cupy.cuda.Device().synchronize) for name, fn in candidates.items()}
+
+
+def _gpu_libraries() -> list[str]:
+    """``torch-cuda`` and ``cupy`` where a GPU is usable (none on the CI machines)."""
+    found = []
+    if _available("torch"):
+        import torch
+
+        if torch.cuda.is_available():
+            found.append("torch-cuda")
+    if _available("cupy"):
+        from dsnt_cupy import gpu_available
+
+        if gpu_available():
+            found.append("cupy")
+    return found
+
+
 # --------------------------------------------------------------------------------- jax
 
 
@@ -281,7 +335,7 @@ def run_suite(
     """Run every benchmark, write ``results.json``, ``results.md`` and ``results.png``."""
     shapes = shapes or ({"pose (32, 17, 64, 64)": SHAPES["pose (32, 17, 64, 64)"]} if quick else SHAPES)
     sweep = sweep if sweep is not None else ([] if quick else SWEEP)
-    repeats = repeats or (5 if quick else 15)
+    repeats = repeats or (5 if quick else 25)
     results: dict[str, Any] = {"groups": [], "sweep": {}, "compiled": {}, "saved_bytes": {}, "environment": {}}
     libraries = [lib for lib in ("torch", "jax", "numpy") if _available(lib)]
     if "torch" in libraries:
@@ -297,9 +351,13 @@ def run_suite(
             results["native_first_call"] = time.perf_counter() - start
 
     for label, shape in shapes.items():
-        for library in libraries:
+        for library in libraries + _gpu_libraries():
             if library == "torch":
                 candidates, _ = _torch_candidates(shape, with_peers=peers)
+            elif library == "torch-cuda":
+                candidates = _torch_cuda_candidates(shape, with_peers=peers)
+            elif library == "cupy":
+                candidates = _cupy_candidates(shape)
             elif library == "jax":
                 candidates = _jax_candidates(shape)
             else:
