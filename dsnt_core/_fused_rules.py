@@ -44,7 +44,6 @@ from ._array_utils import (
 from ._heatmap_passes import Divergence
 from .expectation import expected_coordinates, marginals, moments
 from .gaussian import log_gaussian_factors
-from .grids import normalized_linspace
 from .losses import _norm
 
 
@@ -63,13 +62,6 @@ class LossOptions:
         return dataclasses.asdict(self)
 
 
-def _grids(xp: Namespace, logits: Array, ndim: int) -> list[Array]:
-    """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype."""
-    dtype = compute_dtype(xp, logits.dtype)
-    device = device_of(logits)
-    return [normalized_linspace(logits.shape[-1 - k], dtype=dtype, device=device, xp=xp) for k in range(ndim)]
-
-
 # --------------------------------------------------------------------------- soft_argmax
 
 
@@ -78,7 +70,7 @@ def soft_argmax_forward(
 ) -> tuple[Array, dict[str, Array]]:
     """Coordinates of ``softmax(logits / T)`` (input dtype) and the residuals for its rules."""
     stats = passes.softmax_statistics(xp, logits, ndim, temperature)
-    coords = expected_coordinates(xp, stats["margins"], _grids(xp, logits, ndim))
+    coords = expected_coordinates(xp, stats["margins"], passes.coordinate_grids(xp, logits, ndim))
     return to_dtype(xp, coords, logits.dtype), {"lse": stats["lse"], "mu": coords}
 
 
@@ -95,7 +87,7 @@ def soft_argmax_backward(
     """Vector-Jacobian product: ``d <cotangent, coords> / d logits`` in the logits' dtype."""
     mu = residuals["mu"]
     ct = to_dtype(xp, cotangent, mu.dtype)
-    grids = _grids(xp, logits, ndim)
+    grids = passes.coordinate_grids(xp, logits, ndim)
     # <G, P> = sum_k ct_k mu_k is folded into the x factor: one full-size pass fewer.
     per_axis = [ct[..., k : k + 1] * grids[k] for k in range(ndim)]
     per_axis[0] = per_axis[0] - xp.sum(ct * mu, axis=-1)[..., None]
@@ -116,7 +108,8 @@ def soft_argmax_jvp(
     p = xp.exp(u - generic_passes.keep_spatial(xp, residuals["lse"], ndim))
     weighted = p * to_dtype(xp, tangent, u.dtype)
     total = xp.sum(weighted, axis=spatial_axes(ndim))
-    coords = [xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, weighted, ndim), _grids(xp, logits, ndim))]
+    grids = generic_passes.coordinate_grids(xp, logits, ndim)
+    coords = [xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, weighted, ndim), grids)]
     result = xp.stack(coords, axis=-1) - residuals["mu"] * total[..., None]
     if temperature != 1.0:
         result = result / temperature
@@ -162,7 +155,7 @@ def dsnt_loss_forward(
         xp, logits, ndim, temperature, entropy=log_factors is not None, mixture=factors
     )
     margins = stats["margins"]
-    mu, var = moments(xp, margins, _grids(xp, logits, ndim))
+    mu, var = moments(xp, margins, passes.coordinate_grids(xp, logits, ndim))
     weights = point_weights(xp, mask, tuple(t.shape[:-1]), mu)
     per_point = _norm(xp, mu - t)
     residuals = {"lse": stats["lse"], "mu": mu}
@@ -198,7 +191,7 @@ def dsnt_loss_backward(
     ndim = options.ndim
     mu = residuals["mu"]
     t = to_dtype(xp, target, mu.dtype)
-    grids = _grids(xp, logits, ndim)
+    grids = passes.coordinate_grids(xp, logits, ndim)
     scale = to_dtype(xp, cotangent, mu.dtype) * point_weights(xp, mask, tuple(t.shape[:-1]), mu)
 
     diff = mu - t

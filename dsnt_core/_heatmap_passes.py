@@ -1,13 +1,14 @@
 """The full-size passes of the fused rules, in array-API code.
 
 :mod:`dsnt_core._fused_rules` does all of its per-heatmap arithmetic itself and touches
-arrays of heatmap size only through the two functions here:
+arrays of heatmap size only through the two functions here (and takes its coordinate
+grids from :func:`coordinate_grids`, which a backend may cache):
 
 * :func:`softmax_statistics`: log-sum-exp, marginals (and the negative entropy, and the
   sums of the Jensen-Shannon divergence to a separable ``Q``) of ``softmax(logits / T)``;
 * :func:`gradient_map`: ``P * (sum_k a_k[x_k] + e(P, Q)) / T``, the gradient of every rule.
 
-A backend may supply its own implementation of the same two functions (same names,
+A backend may supply its own implementation of the same three functions (same names,
 arguments and results) to run the rules on native kernels; see ``dsnt_torch._native``.
 """
 
@@ -17,9 +18,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_utils import Array, Namespace, device_of, safe_where_positive, spatial_axes, spatial_size, to_compute
+from ._array_utils import (
+    Array,
+    Namespace,
+    compute_dtype,
+    device_of,
+    safe_where_positive,
+    spatial_axes,
+    spatial_size,
+    to_compute,
+)
 from .expectation import marginals
 from .gaussian import outer_product, outer_sum
+from .grids import normalized_linspace
 from .normalization import shifted_exp
 
 
@@ -34,6 +45,13 @@ class Divergence:
     kind: str
     coef: Array
     factors: tuple[Array, ...] = ()
+
+
+def coordinate_grids(xp: Namespace, logits: Array, ndim: int) -> list[Array]:
+    """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype."""
+    dtype = compute_dtype(xp, logits.dtype)
+    device = device_of(logits)
+    return [normalized_linspace(logits.shape[-1 - k], dtype=dtype, device=device, xp=xp) for k in range(ndim)]
 
 
 def scaled_logits(xp: Namespace, logits: Array, temperature: float) -> Array:
@@ -68,13 +86,12 @@ def softmax_statistics(
 ) -> dict[str, Any]:
     """Log-sum-exp and the marginals of ``P = softmax(logits / T)``, in one pass.
 
-    Returns a dict with ``lse`` (batch shape), ``margins`` (list of (..., n_k), x first),
-    ``has_mass`` (False for a heatmap whose logits are all ``-inf``; it is treated as
-    uniform, with ``lse = 0`` so that ``exp(u - lse) = 0`` gives it a zero gradient); with
-    ``entropy=True``, ``neg_entropy`` (``sum P log P``); with ``mixture`` (the 1-D factors
-    of a separable ``Q``, x first), ``m_log_m`` and ``p_log_m``: ``sum M log M`` and
-    ``sum P log M`` for ``M = (P + Q) / 2``. Other keys are private to the implementation
-    that made the dict.
+    Returns a dict with ``lse`` (batch shape) and ``margins`` (list of (..., n_k), x first);
+    with ``entropy=True``, ``neg_entropy`` (``sum P log P``); with ``mixture`` (the 1-D
+    factors of a separable ``Q``, x first), ``m_log_m`` and ``p_log_m``: ``sum M log M`` and
+    ``sum P log M`` for ``M = (P + Q) / 2``. A heatmap whose logits are all ``-inf`` is
+    treated as uniform, with ``lse = 0`` so that ``exp(u - lse) = 0`` gives it a zero
+    gradient. Other keys are private to the implementation that made the dict.
     """
     u = scaled_logits(xp, logits, temperature)
     peak, shifted, exp_shifted = shifted_exp(xp, u, ndim)

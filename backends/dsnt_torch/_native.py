@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from dsnt_core import _heatmap_passes as generic_passes
 from dsnt_core._heatmap_passes import Divergence
 
 SOURCE = Path(__file__).with_name("native_passes.cpp")
@@ -110,6 +111,20 @@ def _per_heatmap(vectors: list[torch.Tensor], u: torch.Tensor, batch: tuple, fil
     return [v.to(u.dtype).contiguous() for v in result]
 
 
+@functools.lru_cache(maxsize=64)
+def _grids(spatial: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    from array_api_compat import torch as xp
+
+    with torch.inference_mode(False):  # ordinary tensors, even when first asked for under inference mode
+        return tuple(generic_passes.coordinate_grids(xp, torch.empty(spatial, dtype=dtype), len(spatial)))
+
+
+def coordinate_grids(xp: Any, logits: torch.Tensor, ndim: int) -> list[torch.Tensor]:
+    """Native :func:`dsnt_core._heatmap_passes.coordinate_grids`: the same CPU grids, cached."""
+    dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
+    return list(_grids(tuple(logits.shape[logits.ndim - ndim :]), dtype))
+
+
 def softmax_statistics(
     xp: Any,
     logits: torch.Tensor,
@@ -124,12 +139,12 @@ def softmax_statistics(
     u = _heatmaps(logits, ndim)
     fx, fy, fz = _per_heatmap(mixture, u, batch, 1.0) if mixture is not None else (u, u, u)
     results = extension().softmax_statistics(u, 1.0 / temperature, entropy, mixture is not None, fx, fy, fz)
-    lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m = (r.reshape((*batch, *r.shape[1:])) for r in results)
-    stats = {"lse": lse, "margins": [mx, my, mz][:ndim], "has_mass": has_mass > 0}
+    lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m = results
+    stats = {"lse": lse.reshape(batch), "margins": [m.reshape((*batch, m.shape[1])) for m in (mx, my, mz)[:ndim]]}
     if entropy:
-        stats["neg_entropy"] = neg_entropy
+        stats["neg_entropy"] = neg_entropy.reshape(batch)
     if mixture is not None:
-        stats["m_log_m"], stats["p_log_m"] = m_log_m, p_log_m
+        stats["m_log_m"], stats["p_log_m"] = m_log_m.reshape(batch), p_log_m.reshape(batch)
     return stats
 
 
