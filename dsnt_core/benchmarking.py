@@ -26,7 +26,7 @@ SHAPES = {
     "3-D (4, 17, 16, 64, 64)": (4, 17, 16, 64, 64),
     "many small (256, 1, 32, 32)": (256, 1, 32, 32),
 }
-SWEEP = [(8, 17, n, n) for n in (16, 32, 64, 128)]
+SWEEP = [(8, 17, n, n) for n in (16, 32, 64, 128, 256)]
 SIGMA = 1.0
 
 
@@ -392,6 +392,7 @@ def run_suite(
             steps = {k: candidates[k] for k in ("ours step fwd+bwd", "native step fwd+bwd") if k in candidates}
             results["sweep"][str(math.prod(shape_))] = time_interleaved(steps, repeats)
         results["sweep_exponent"] = sweep_exponents(results["sweep"])
+        results["sweep_exponent_large"] = sweep_exponents(results["sweep"], last=3)
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -405,13 +406,18 @@ def run_suite(
     return results
 
 
-def sweep_exponents(sweep: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Fitted exponent ``a`` of ``time ~ size ** a`` for each candidate of the size sweep."""
-    if len(sweep) < 2:
+def sweep_exponents(sweep: dict[str, dict[str, float]], last: int | None = None) -> dict[str, float]:
+    """Fitted exponent ``a`` of ``time ~ size ** a`` per candidate of the size sweep.
+
+    With ``last``, the fit uses only the ``last`` largest sizes, where the per-element work
+    outweighs the fixed cost of a call.
+    """
+    points = list(sweep.items())[-last:] if last else list(sweep.items())
+    if len(points) < 2:
         return {}
-    sizes = np.log([float(k) for k in sweep])
-    names = next(iter(sweep.values())).keys()
-    return {name: float(np.polyfit(sizes, np.log([t[name] for t in sweep.values()]), 1)[0]) for name in names}
+    sizes = np.log([float(size) for size, _ in points])
+    names = points[0][1].keys()
+    return {name: float(np.polyfit(sizes, np.log([t[name] for _, t in points]), 1)[0]) for name in names}
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -457,8 +463,21 @@ def markdown_report(results: dict[str, Any]) -> str:
             reference = "dsntnn " + name.split(" ", 1)[1]
             speedup = f"{compiled[reference] / seconds:.2f}x" if reference in compiled else "-"
             lines.append(f"| {name} | {seconds * 1e3:.2f} | {seconds / compiled['exp floor']:.1f} | {speedup} |")
-    for name, exponent in (results.get("sweep_exponent") or {}).items():
-        lines += ["", f"Size sweep (torch, {name}): time grows as (B*K*H*W)^{exponent:.2f}."]
+    sweep = results.get("sweep") or {}
+    if sweep:
+        names = list(next(iter(sweep.values())))
+        lines += [
+            "",
+            "Size sweep (torch, shapes (8, 17, n, n)), time in ms and the fitted exponent of time ~ (B*K*H*W)^a"
+            " over all sizes and over the three largest:",
+            "",
+            "| B*K*H*W | " + " | ".join(names) + " |",
+            "|---:|" + "---:|" * len(names),
+        ]
+        lines += [f"| {size} | " + " | ".join(f"{t[n] * 1e3:.2f}" for n in names) + " |" for size, t in sweep.items()]
+        for key, label in (("sweep_exponent", "a, all sizes"), ("sweep_exponent_large", "a, three largest")):
+            exponents = results.get(key) or {}
+            lines.append(f"| {label} | " + " | ".join(f"{exponents.get(n, float('nan')):.2f}" for n in names) + " |")
     native_build = results.get("native_first_call")
     if native_build is not None:
         lines += [
