@@ -438,6 +438,14 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"| {group['library']} | {group['shape']} | {name} | {seconds * 1e3:.2f} | "
                 f"{seconds / times['exp floor']:.1f} | {speedup} |"
             )
+    naive_ratios = [
+        f"{group['shape']} {group['times']['naive step fwd+bwd'] / group['times']['ours step fwd+bwd']:.2f}x"
+        for group in results["groups"]
+        if group["library"] == "jax" and "naive step fwd+bwd" in group["times"]
+    ]
+    if naive_ratios:
+        lines += ["", "JAX `jit(value_and_grad(dsnt_loss))`, speed-up over the naive composition under jit: "]
+        lines[-1] += ", ".join(naive_ratios) + "."
     saved = results.get("saved_bytes") or {}
     if saved:
         lines += [
