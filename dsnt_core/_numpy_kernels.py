@@ -5,9 +5,9 @@ subtraction, an ``exp`` and several reductions, each a full pass over the heatma
 runs each of those as its own loop, so the forward costs about four times one ``exp``. Here:
 
 * the heatmaps are processed in blocks that fit in the L2 cache, with ``exp`` written into
-  a reused buffer (``out=``, which the array API does not have), on as many threads as the
-  process has cores (up to four; NumPy releases the GIL in ``exp`` and ``matmul``), like the
-  other libraries' CPU kernels;
+  a reused buffer (``out=``, which the array API does not have), shared by the calling
+  thread and helper threads, as many as the process has cores (up to four in all; NumPy
+  releases the GIL in ``exp`` and ``matmul``), like the other libraries' CPU kernels;
 * the mass and the first moments of a block come from one matrix product with the
   ``(size, 1 + ndim)`` matrix of columns ``[1, x, y(, z)]`` (BLAS reads the block once);
 * the max is not subtracted. ``exp(u)`` is used as it is wherever that is exact to the
@@ -79,30 +79,49 @@ def _block_buffer(rows: int, size: int, dtype: np.dtype) -> np.ndarray:
     return buffer[:nbytes].view(dtype).reshape(rows, size)
 
 
-def _moments_of_rows(flat: np.ndarray, matrix: np.ndarray, result: np.ndarray, rows: range, block: int) -> None:
-    """``result[rows] = exp(flat[rows]) @ matrix``, one cache-sized block at a time."""
-    buffer = _block_buffer(min(block, len(rows)), flat.shape[1], flat.dtype)
+class _BlockQueue:
+    """Hands out block indices to the threads that share one call (a lock, not the GIL)."""
+
+    def __init__(self, count: int) -> None:
+        self._next, self._count, self._lock = 0, count, threading.Lock()
+
+    def take(self) -> int | None:
+        with self._lock:
+            if self._next >= self._count:
+                return None
+            self._next += 1
+            return self._next - 1
+
+
+def _moments_of_blocks(
+    flat: np.ndarray, matrix: np.ndarray, result: np.ndarray, blocks: _BlockQueue, block: int
+) -> None:
+    """``result = exp(flat) @ matrix`` for the cache-sized blocks this thread takes."""
+    buffer = _block_buffer(min(block, flat.shape[0]), flat.shape[1], flat.dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # per thread: overflow is detected afterwards
-        for start in range(rows.start, rows.stop, block):
-            stop = min(start + block, rows.stop)
+        while (index := blocks.take()) is not None:
+            start, stop = index * block, min((index + 1) * block, flat.shape[0])
             exp_block = buffer[: stop - start]
             np.exp(flat[start:stop], out=exp_block)
             np.matmul(exp_block, matrix, out=result[start:stop])
 
 
 def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``exp(flat) @ matrix``; rows whose ``exp`` overflowed hold ``inf``/NaN."""
+    """``exp(flat) @ matrix``; rows whose ``exp`` overflowed hold ``inf``/NaN.
+
+    The calling thread works through the blocks itself, and helper threads take blocks from
+    the same queue as soon as they are running: a helper that wakes late (an idle virtual CPU
+    can take a while) costs nothing but its share of the speed-up.
+    """
     rows, size = flat.shape
     block = max(1, BLOCK_BYTES // (size * flat.itemsize))
     result = np.empty((rows, matrix.shape[1]), dtype=flat.dtype)
-    workers = min(4, usable_cores(), rows // (2 * block))  # at least two blocks per thread
-    if workers < 2:
-        _moments_of_rows(flat, matrix, result, range(rows), block)
-        return result
-    share = -(-rows // workers)
-    bounds = [range(start, min(start + share, rows)) for start in range(0, rows, share)]
-    jobs = [_thread_pool(workers).submit(_moments_of_rows, flat, matrix, result, b, block) for b in bounds]
-    for job in jobs:
+    blocks = _BlockQueue(-(-rows // block))
+    helpers = min(4, usable_cores(), rows // (2 * block)) - 1  # at least two blocks per thread
+    pool = _thread_pool(helpers) if helpers > 0 else None
+    pending = [pool.submit(_moments_of_blocks, flat, matrix, result, blocks, block) for _ in range(max(helpers, 0))]
+    _moments_of_blocks(flat, matrix, result, blocks, block)
+    for job in pending:
         job.result()
     return result
 
