@@ -65,6 +65,12 @@ def floor_at_lowest(xp: Namespace, x: Array) -> Array:
     return xp.maximum(x, xp.asarray(xp.finfo(x.dtype).min, dtype=x.dtype, device=device_of(x)))
 
 
+LOG_P_FLOOR = -1.0e4
+"""Floor for ``log P`` in the gradient map: ``exp`` of it is 0 in every float dtype, so no
+entry with ``P > 0`` changes, and ``coef * log P`` stays finite for any sane coefficient
+(the most negative float would overflow to ``-inf`` for ``coef > 1``, and ``0 * -inf`` is NaN)."""
+
+
 def keep_spatial(xp: Namespace, x: Array, ndim: int) -> Array:
     """Per-heatmap values (...,) reshaped to broadcast against (..., *spatial)."""
     return xp.reshape(x, (*x.shape, *((1,) * ndim)))
@@ -145,8 +151,9 @@ def gradient_map(
     inner = outer_sum(xp, per_axis)
     if divergence is None:
         p = xp.exp(u - keep_spatial(xp, lse, ndim))
-    else:  # log P is needed too; floored so that 0 * log P stays 0 at -inf logits
-        log_p = floor_at_lowest(xp, u - keep_spatial(xp, lse, ndim))
+    else:  # log P is needed too; floored (LOG_P_FLOOR) so that 0 * log P stays 0 at -inf logits
+        log_p = u - keep_spatial(xp, lse, ndim)
+        log_p = xp.maximum(log_p, xp.asarray(LOG_P_FLOOR, dtype=log_p.dtype, device=device_of(log_p)))
         p = xp.exp(log_p)
         coef = keep_spatial(xp, divergence.coef, ndim)
         if divergence.kind == "kl":

@@ -185,3 +185,16 @@ def test_the_native_passes_are_used_when_switched_on(native, monkeypatch):
     logits.grad = None
     dsnt_core.soft_argmax(logits).sum().backward()
     assert calls == [1]
+
+
+@pytest.mark.parametrize("regularizer", ["kl", "js"])
+def test_native_gradients_stay_finite_at_minus_inf_logits_with_large_weights(regularizer):
+    logits = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    logits[0, 1, :3] = float("-inf")
+    target = torch.tensor([[[0.2, -0.1], [-0.3, 0.4]]], dtype=torch.float64)
+    cotangent = torch.ones(1, 2, 2, dtype=torch.float64)
+    options = dict(ndim=2, temperature=1.0, sigma=1.0, regularizer=regularizer, reg_weight=9.0)
+    generic = _run(logits, target, cotangent, native=False, **options)
+    fast = _run(logits, target, cotangent, native=True, **options)
+    assert torch.isfinite(fast[3]).all() and (fast[3][0, 1, :3] == 0).all()
+    _assert_same(generic, fast, rtol=1e-9, atol=1e-11)

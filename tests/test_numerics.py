@@ -201,3 +201,18 @@ def test_512_by_512_heatmaps(backend):
     assert_close(coords, expected, atol=1e-5)
     _, grad = dsnt_core.dsnt_loss_value_and_grad(z, backend.asarray(np.zeros((2, 2)), "float32"))
     assert np.isfinite(backend.to_numpy(grad)).all()
+
+
+@pytest.mark.parametrize("regularizer", ["kl", "js"])
+def test_divergence_gradients_stay_finite_at_minus_inf_logits_with_large_weights(regularizer):
+    """``coef * log P`` at ``P = 0``: a floor at the most negative float overflowed for coef > 1."""
+    logits = np.random.default_rng(5).normal(size=(1, 1, 6, 6))
+    logits[0, 0, :2] = -np.inf
+    target = np.asarray([[[0.2, -0.1]]])
+    loss, grad = dsnt_core.dsnt_loss_value_and_grad(logits, target, regularizer=regularizer, reg_weight=5.0)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert np.all(grad[0, 0, :2] == 0.0)
+    finite = logits.copy()
+    finite[0, 0, :2] = -1e3  # P underflows to 0 there too: the same gradient elsewhere
+    _, grad_finite = dsnt_core.dsnt_loss_value_and_grad(finite, target, regularizer=regularizer, reg_weight=5.0)
+    np.testing.assert_allclose(grad, grad_finite, rtol=1e-10, atol=1e-14)

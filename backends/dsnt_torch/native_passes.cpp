@@ -269,7 +269,8 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
 }
 
 // P * (ax[x] + ay[y] + az[z] + e) / T; e = 0 (mode 0), coef log P (mode 1, KL) or
-// coef (log P - log(P + fx fy fz)) / 2 (mode 2, JS), with log P floored at the lowest float.
+// coef (log P - log(P + fx fy fz)) / 2 (mode 2, JS), with log P floored at -1e4 (LOG_P_FLOOR
+// of the array-API passes: exp of it is 0, and coef * log P stays finite).
 template <typename T>
 at::Tensor gradient_impl(const at::Tensor& logits, double inv_temperature, const at::Tensor& lse,
                          const at::Tensor& ax, const at::Tensor& ay, const at::Tensor& az, int64_t mode,
@@ -285,7 +286,7 @@ at::Tensor gradient_impl(const at::Tensor& logits, double inv_temperature, const
   const T* fy_p = mode == 2 ? fy.data_ptr<T>() : nullptr;
   const T* fz_p = mode == 2 ? fz.data_ptr<T>() : nullptr;
   const T inv_t = static_cast<T>(inv_temperature);
-  const T lowest = std::numeric_limits<T>::lowest(), tiny = std::numeric_limits<T>::min();
+  const T log_p_floor = T(-1e4), tiny = std::numeric_limits<T>::min();
 
   at::parallel_for(0, l.n, grain_for(l), [&](int64_t begin, int64_t end) {
     const FlushSubnormals flush;
@@ -299,7 +300,7 @@ at::Tensor gradient_impl(const at::Tensor& logits, double inv_temperature, const
         continue;
       }
       const T c = mode == 1 ? coef_p[i] : mode == 2 ? T(0.5) * coef_p[i] : T(0);
-      const Vec v_inv(inv_t), v_shift(shift), v_lowest(lowest), v_tiny(tiny), v_c(c);
+      const Vec v_inv(inv_t), v_shift(shift), v_floor(log_p_floor), v_tiny(tiny), v_c(c);
       for (int64_t z = 0; z < l.d; ++z) {
         for (int64_t y = 0; y < l.h; ++y) {
           const int64_t offset = (z * l.h + y) * l.w;
@@ -314,7 +315,7 @@ at::Tensor gradient_impl(const at::Tensor& logits, double inv_temperature, const
             if (mode == 0) {
               p = fast_exp(log_p);
             } else {
-              log_p = at::vec::maximum(log_p, v_lowest);
+              log_p = at::vec::maximum(log_p, v_floor);
               p = fast_exp(log_p);
               if (mode == 1) {
                 inner = inner + v_c * log_p;
@@ -332,7 +333,7 @@ at::Tensor gradient_impl(const at::Tensor& logits, double inv_temperature, const
             if (mode == 0) {
               p = std::exp(log_p);
             } else {
-              log_p = std::max(log_p, lowest);
+              log_p = std::max(log_p, log_p_floor);
               p = std::exp(log_p);
               if (mode == 1) {
                 inner += c * log_p;
