@@ -1,8 +1,8 @@
 """The full-size passes of the fused rules, in array-API code.
 
 :mod:`dsnt_core._fused_rules` does all of its per-heatmap arithmetic itself and touches
-arrays of heatmap size only through the two functions here (and takes its coordinate
-grids from :func:`coordinate_grids`, which a backend may cache):
+arrays of heatmap size only through two functions here, and takes its coordinate grids
+from a third, :func:`coordinate_grids` (which a backend may cache):
 
 * :func:`softmax_statistics`: log-sum-exp, marginals (and the negative entropy, and the
   sums of the Jensen-Shannon divergence to a separable ``Q``) of ``softmax(logits / T)``;
@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import expectation
 from ._array_utils import (
     Array,
     Namespace,
@@ -30,7 +31,6 @@ from ._array_utils import (
 )
 from .expectation import marginals
 from .gaussian import outer_product, outer_sum
-from .grids import normalized_linspace
 from .normalization import shifted_exp
 
 
@@ -49,9 +49,7 @@ class Divergence:
 
 def coordinate_grids(xp: Namespace, logits: Array, ndim: int) -> list[Array]:
     """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype."""
-    dtype = compute_dtype(xp, logits.dtype)
-    device = device_of(logits)
-    return [normalized_linspace(logits.shape[-1 - k], dtype=dtype, device=device, xp=xp) for k in range(ndim)]
+    return expectation.coordinate_grids(xp, logits, ndim, dtype=compute_dtype(xp, logits.dtype))
 
 
 def scaled_logits(xp: Namespace, logits: Array, temperature: float) -> Array:

@@ -27,12 +27,12 @@ import functools
 import math
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ._array_utils import Namespace, spatial_size, to_dtype
+from ._fused_rules import soft_argmax_forward as generic_forward
 from .grids import normalized_linspace
 
 BLOCK_BYTES = 1 << 20  # about one core's L2 cache on current x86 servers
@@ -127,12 +127,11 @@ def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def soft_argmax_forward(
-    xp: Namespace, logits: np.ndarray, ndim: int, temperature: float, generic_forward: Callable
+    xp: Namespace, logits: np.ndarray, ndim: int, temperature: float
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Same contract as the generic ``soft_argmax_forward``, for NumPy arrays.
 
-    ``generic_forward`` is the generic rule, used for the heatmaps the unshifted sum cannot
-    represent exactly.
+    The generic rule takes the heatmaps the unshifted sum cannot represent exactly.
     """
     spatial = tuple(logits.shape[len(logits.shape) - ndim :])
     batch = tuple(logits.shape[: len(logits.shape) - ndim])

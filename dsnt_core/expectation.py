@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._array_utils import Array, Namespace, device_of, namespace_of, spatial_axes, to_compute, to_dtype
 from ._validation import check_ndim, check_spatial
 from .grids import normalized_linspace
@@ -21,12 +23,14 @@ def marginals(xp: Namespace, heatmaps: Array, ndim: int) -> list[Array]:
     return result
 
 
-def coordinate_grids(xp: Namespace, heatmaps: Array, ndim: int, *, align_corners: bool = False) -> list[Array]:
-    """1-D coordinate grids of the spatial axes in (x, y[, z]) order, in ``heatmaps``' dtype."""
+def coordinate_grids(
+    xp: Namespace, heatmaps: Array, ndim: int, *, align_corners: bool = False, dtype: Any = None
+) -> list[Array]:
+    """1-D coordinate grids of the spatial axes in (x, y[, z]) order, in ``dtype`` (default ``heatmaps``')."""
     return [
         normalized_linspace(
             heatmaps.shape[-1 - k],
-            dtype=heatmaps.dtype,
+            dtype=heatmaps.dtype if dtype is None else dtype,
             device=device_of(heatmaps),
             xp=xp,
             align_corners=align_corners,

@@ -41,7 +41,7 @@ def _check_soft_argmax(logits: Array, ndim: int, temperature: float) -> tuple[Na
 def _soft_argmax_forward(xp: Namespace, logits: Array, ndim: int, temperature: float) -> tuple[Array, dict]:
     """The forward rule, through the NumPy fast path for NumPy arrays."""
     if array_api_compat.is_numpy_array(logits):
-        return _numpy_kernels.soft_argmax_forward(xp, logits, ndim, temperature, soft_argmax_forward)
+        return _numpy_kernels.soft_argmax_forward(xp, logits, ndim, temperature)
     return soft_argmax_forward(xp, logits, ndim, temperature)
 
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array_utils import Array, Namespace, device_of, expand_to_axis, namespace_of, to_compute, to_dtype
+from ._array_utils import Array, Namespace, device_of, exp_clamped, expand_to_axis, namespace_of, to_compute, to_dtype
 from ._validation import check_floating, check_positive_finite, check_size
 from .grids import normalized_linspace
 
 
 def _logsumexp_last(xp: Namespace, x: Array) -> Array:
     peak = xp.max(x, axis=-1, keepdims=True)
-    # Terms below exp(-80) next to the peak's exp(0) = 1 change nothing; clamping them keeps
-    # exp out of its slow subnormal path (the Gaussian logits reach about -1000).
-    floor = xp.asarray(-80.0, dtype=x.dtype, device=device_of(x))
-    return peak + xp.log(xp.sum(xp.exp(xp.maximum(x - peak, floor)), axis=-1, keepdims=True))
+    # Clamped: terms near the subnormal range change nothing next to the peak's exp(0) = 1.
+    return peak + xp.log(xp.sum(exp_clamped(xp, x - peak), axis=-1, keepdims=True))
 
 
 def log_gaussian_factors(

@@ -116,7 +116,8 @@ def _grids(spatial: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, 
     from array_api_compat import torch as xp
 
     with torch.inference_mode(False):  # ordinary tensors, even when first asked for under inference mode
-        return tuple(generic_passes.coordinate_grids(xp, torch.empty(spatial, dtype=dtype), len(spatial)))
+        shaped = torch.empty((), dtype=dtype).expand(spatial)  # shape and dtype only, no storage
+        return tuple(generic_passes.coordinate_grids(xp, shaped, len(spatial)))
 
 
 def coordinate_grids(xp: Any, logits: torch.Tensor, ndim: int) -> list[torch.Tensor]:
@@ -139,7 +140,7 @@ def softmax_statistics(
     u = _heatmaps(logits, ndim)
     fx, fy, fz = _per_heatmap(mixture, u, batch, 1.0) if mixture is not None else (u, u, u)
     results = extension().softmax_statistics(u, 1.0 / temperature, entropy, mixture is not None, fx, fy, fz)
-    lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m = results
+    lse, mx, my, mz, neg_entropy, m_log_m, p_log_m = results
     stats = {"lse": lse.reshape(batch), "margins": [m.reshape((*batch, m.shape[1])) for m in (mx, my, mz)[:ndim]]}
     if entropy:
         stats["neg_entropy"] = neg_entropy.reshape(batch)

@@ -131,7 +131,7 @@ T heatmap_max(const T* x, int64_t size) {
   return peak;
 }
 
-// lse, the marginals along x (W), y (H), z (D), has_mass, (with entropy) sum P log P and
+// lse, the marginals along x (W), y (H), z (D), (with entropy) sum P log P and
 // (with mixture) sum M log M and sum P log M for M = (P + fx fy fz) / 2. For the mixture
 // sums, exp(u - peak) is kept in a per-thread scratch heatmap, so P costs no second exp.
 template <typename T>
@@ -141,7 +141,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
   using Vec = Vectorized<T>;
   const Layout l = layout_of(logits);
   auto options = logits.options();
-  at::Tensor lse = at::empty({l.n}, options), has_mass = at::empty({l.n}, options);
+  at::Tensor lse = at::empty({l.n}, options);
   at::Tensor neg_entropy = at::empty({l.n}, options);
   at::Tensor mx = at::empty({l.n, l.w}, options), my = at::empty({l.n, l.h}, options);
   at::Tensor mz = at::empty({l.n, l.d}, options);
@@ -153,7 +153,6 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
   const T* fz_p = mixture ? fz.data_ptr<T>() : nullptr;
   const T tiny = std::numeric_limits<T>::min();
   T* lse_p = lse.data_ptr<T>();
-  T* mass_p = has_mass.data_ptr<T>();
   T* ent_p = neg_entropy.data_ptr<T>();
   T* mx_p = mx.data_ptr<T>();
   T* my_p = my.data_ptr<T>();
@@ -168,7 +167,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
     for (int64_t i = begin; i < end; ++i) {
       const T* x = data + i * l.size();
       const T peak = heatmap_max(x, l.size()) * inv_t;
-      // sum M log M and sum P log M, P = scale * scratch (or the uniform value when has_mass is 0).
+      // sum M log M and sum P log M, P = scale * scratch (or uniform, for an all -inf heatmap).
       auto mixture_sums = [&](bool uniform, T scale) {
         const Vec v_scale(scale), v_half(T(0.5)), v_tiny(tiny), v_uniform(T(1) / l.size());
         Vec acc_mm(0), acc_pm(0);
@@ -202,7 +201,6 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
       if (std::isinf(peak) && peak < 0) {  // every logit is -inf: uniform, lse = 0
         if (mixture) mixture_sums(true, T(0));
         lse_p[i] = 0;
-        mass_p[i] = 0;
         ent_p[i] = -std::log(static_cast<T>(l.size()));
         std::fill(mx_p + i * l.w, mx_p + (i + 1) * l.w, T(1) / l.w);
         std::fill(my_p + i * l.h, my_p + (i + 1) * l.h, T(1) / l.h);
@@ -212,7 +210,6 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
       if (poisoned(peak)) {
         const T nan = std::numeric_limits<T>::quiet_NaN();
         lse_p[i] = ent_p[i] = mm_p[i] = pm_p[i] = nan;
-        mass_p[i] = 1;
         std::fill(mx_p + i * l.w, mx_p + (i + 1) * l.w, nan);
         std::fill(my_p + i * l.h, my_p + (i + 1) * l.h, nan);
         std::fill(mz_p + i * l.d, mz_p + (i + 1) * l.d, nan);
@@ -249,7 +246,6 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
       for (int64_t r = 0; r < rows; ++r) total += row_totals[r];
       const T inv_total = T(1) / total, log_total = std::log(total);
       lse_p[i] = peak + log_total;
-      mass_p[i] = 1;
       ent_p[i] = shift_sum * inv_total - log_total;
       if (mixture) mixture_sums(false, inv_total);
       for (int64_t j = 0; j < l.w; ++j) mx_p[i * l.w + j] = columns[j] * inv_total;
@@ -265,7 +261,7 @@ std::vector<at::Tensor> statistics_impl(const at::Tensor& logits, double inv_tem
       }
     }
   });
-  return {lse, mx, my, mz, has_mass, neg_entropy, m_log_m, p_log_m};
+  return {lse, mx, my, mz, neg_entropy, m_log_m, p_log_m};
 }
 
 // P * (ax[x] + ay[y] + az[z] + e) / T; e = 0 (mode 0), coef log P (mode 1, KL) or
