@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 import dsnt_core
-from dsnt_core.reference import composed_dsnt_loss
+from dsnt_core.composed import composed_dsnt_loss
 
 SHAPES = {
     "pose (32, 17, 64, 64)": (32, 17, 64, 64),

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dsnt_core
-from dsnt_core.reference import composed_dsnt_loss
+from dsnt_core.composed import composed_dsnt_loss
 
 REGULARIZERS = ["js", "kl", "var", None]
 

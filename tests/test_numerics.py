@@ -13,7 +13,7 @@ from hypothesis import given
 from strategies import logits_arrays
 
 import dsnt_core
-from dsnt_core.reference import composed_dsnt_loss
+from dsnt_core.composed import composed_dsnt_loss
 
 REGULARIZERS = ["js", "kl", "var", None]
 AUTODIFF = ["torch", "jax"]

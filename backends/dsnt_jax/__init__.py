@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from dsnt_core import _fused_rules as rules
-from dsnt_core.reference import composed_dsnt_loss
+from dsnt_core.composed import composed_dsnt_loss
 
 xp = jnp
 

@@ -17,7 +17,7 @@ import torch
 from array_api_compat import torch as xp
 
 from dsnt_core import _fused_rules as rules
-from dsnt_core.reference import composed_dsnt_loss
+from dsnt_core.composed import composed_dsnt_loss
 
 from . import _native
 

@@ -1,4 +1,4 @@
-"""The unfused composition normalise -> DSNT -> losses, built from the public blocks.
+"""The unfused composition normalise -> DSNT -> losses: the fallback for gradients the fused path does not give.
 
 It is what a user would write by hand; the fused path must agree with it. It serves as the
 PyTorch fallback when the target itself requires a gradient, and as the naive baseline in
@@ -31,7 +31,7 @@ def composed_dsnt_loss(
     --------
     >>> import numpy as np
     >>> import dsnt_core
-    >>> from dsnt_core.reference import composed_dsnt_loss
+    >>> from dsnt_core.composed import composed_dsnt_loss
     >>> rng = np.random.default_rng(1)
     >>> logits, target = rng.normal(size=(2, 8, 8)), rng.uniform(-0.5, 0.5, size=(2, 2))
     >>> bool(np.isclose(composed_dsnt_loss(logits, target), dsnt_core.dsnt_loss(logits, target)))
