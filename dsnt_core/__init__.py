@@ -4,18 +4,28 @@ Call any function with NumPy, PyTorch, JAX, CuPy, Dask or array-api-strict array
 the same kind of array back, on the same device. The spatial axes are the last ``ndim``
 (1, 2 or 3) axes; coordinates come in (x, y[, z]) order, normalised so that pixel centres
 lie strictly inside (-1, 1).
+
+The layers (``docs/architecture.md``): :mod:`dsnt_core.ops` holds one operation per module;
+the fused ones (``soft_argmax``, ``dsnt_loss``) run their full-size passes on a kernel
+implementation from :mod:`dsnt_core.kernels`, chosen with `use_kernels`; framework adapters
+(``dsnt_torch``, ``dsnt_jax``) register the gradient rules through entry points.
 """
 
-from .expectation import dsnt, heatmap_variance
-from .fused import dsnt_loss, dsnt_loss_value_and_grad, soft_argmax, soft_argmax_vjp
-from .gaussian import gaussian_heatmaps
-from .grids import normalized_linspace, normalized_to_pixel, pixel_to_normalized
-from .losses import average_loss, euclidean_loss, js_regularizer, kl_regularizer, variance_regularizer
-from .normalization import flat_softmax, normalize_heatmaps
+from . import _backends
+from .kernels import available_kernels, use_kernels
+from .ops.dsnt import dsnt, heatmap_variance
+from .ops.dsnt_loss import dsnt_loss, dsnt_loss_value_and_grad
+from .ops.gaussian import gaussian_heatmaps
+from .ops.grids import normalized_linspace, normalized_to_pixel, pixel_to_normalized
+from .ops.losses import average_loss, euclidean_loss
+from .ops.normalize import flat_softmax, normalize_heatmaps
+from .ops.regularizers import js_regularizer, kl_regularizer, variance_regularizer
+from .ops.soft_argmax import soft_argmax, soft_argmax_vjp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "available_kernels",
     "average_loss",
     "dsnt",
     "dsnt_loss",
@@ -32,5 +42,8 @@ __all__ = [
     "pixel_to_normalized",
     "soft_argmax",
     "soft_argmax_vjp",
+    "use_kernels",
     "variance_regularizer",
 ]
+
+_backends.load_adapters_of_imported_libraries()

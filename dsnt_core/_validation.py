@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ._array_utils import Array, Namespace
+from ._typing import Array, Namespace
 
 NORMALIZATION_METHODS = ("softmax", "abs", "relu", "sigmoid")
 REGULARIZERS = ("js", "kl", "var", None)

@@ -7,10 +7,11 @@ tests and benchmarks.
 
 from __future__ import annotations
 
-from ._array_utils import Array
-from .expectation import dsnt
-from .losses import average_loss, euclidean_loss, js_regularizer, kl_regularizer, variance_regularizer
-from .normalization import flat_softmax
+from ._typing import Array
+from .ops.dsnt import dsnt
+from .ops.losses import average_loss, euclidean_loss
+from .ops.normalize import flat_softmax
+from .ops.regularizers import js_regularizer, kl_regularizer, variance_regularizer
 
 
 def composed_dsnt_loss(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array_utils import Array, Namespace, device_of, exp_clamped, expand_to_axis, namespace_of, to_compute, to_dtype
-from ._validation import check_floating, check_positive_finite, check_size
+from .._arrays import exp_clamped, outer_product, to_compute, to_dtype
+from .._backends import device_of, namespace_of
+from .._typing import Array, Namespace
+from .._validation import check_floating, check_positive_finite, check_size
 from .grids import normalized_linspace
 
 
@@ -34,24 +36,6 @@ def log_gaussian_factors(
         logit = (offset * offset) * (-0.5 / (std * std))
         factors.append(logit - _logsumexp_last(xp, logit) if normalize else logit)
     return factors
-
-
-def outer_product(xp: Namespace, factors: list[Array]) -> Array:
-    """Combine per-axis factors (x, y[, z] order) into (..., *spatial) by broadcasting products."""
-    ndim = len(factors)
-    result = expand_to_axis(xp, factors[0], 1, ndim)
-    for k in range(1, ndim):
-        result = result * expand_to_axis(xp, factors[k], k + 1, ndim)
-    return result
-
-
-def outer_sum(xp: Namespace, factors: list[Array]) -> Array:
-    """Combine per-axis factors (x, y[, z] order) into (..., *spatial) by broadcasting sums."""
-    ndim = len(factors)
-    result = expand_to_axis(xp, factors[0], 1, ndim)
-    for k in range(1, ndim):
-        result = result + expand_to_axis(xp, factors[k], k + 1, ndim)
-    return result
 
 
 def gaussian_heatmaps(means: Array, /, size: Any, sigma: float, *, normalize: bool = True) -> Array:

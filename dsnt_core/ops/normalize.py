@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from ._array_utils import (
-    Array,
-    Namespace,
-    namespace_of,
-    safe_where_positive,
-    spatial_axes,
-    spatial_size,
-    to_compute,
-    to_dtype,
-)
-from ._validation import (
+from .._arrays import safe_where_positive, spatial_axes, spatial_size, to_compute, to_dtype
+from .._backends import namespace_of
+from .._typing import Array, Namespace
+from .._validation import (
     NORMALIZATION_METHODS,
     check_choice,
     check_ndim,

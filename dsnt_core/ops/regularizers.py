@@ -1,4 +1,4 @@
-"""Per-point losses and heatmap regularisers, composed from the building blocks.
+"""Heatmap regularisers per point, composed from the building blocks, in dsntnn's units.
 
 The definitions and units match dsntnn, so that it is a direct oracle:
 
@@ -13,94 +13,23 @@ The definitions and units match dsntnn, so that it is a direct oracle:
 
 from __future__ import annotations
 
-import math
-
-from ._array_utils import (
-    Array,
-    Namespace,
-    device_of,
-    namespace_of,
-    safe_where_positive,
-    spatial_axes,
-    to_compute,
-    to_dtype,
-)
-from ._validation import (
+from .._arrays import outer_sum, safe_where_positive, scalar_like, spatial_axes, to_compute, to_dtype
+from .._backends import namespace_of
+from .._typing import Array, Namespace
+from .._validation import (
     check_coordinates,
     check_floating,
-    check_mask,
     check_ndim,
     check_positive_finite,
     check_spatial,
 )
-from .expectation import coordinate_grids, marginals, moments
-from .gaussian import log_gaussian_factors, outer_sum
+from .dsnt import coordinate_grids, marginals, moments
+from .gaussian import log_gaussian_factors
 
 
-def _norm(xp: Namespace, diff: Array) -> Array:
-    """Euclidean norm over the last axis, with a zero (not NaN) gradient at the origin."""
-    squared = xp.sum(diff * diff, axis=-1)
-    return xp.where(squared > 0, xp.sqrt(safe_where_positive(xp, squared, 1.0)), 0.0 * squared)
-
-
-def euclidean_loss(pred: Array, target: Array, /) -> Array:
-    """Euclidean distance between predicted and target coordinates, per point.
-
-    Parameters
-    ----------
-    pred, target : arrays of shape (..., ndim)
-
-    Returns
-    -------
-    array of shape (...)
-        Its gradient at ``pred == target`` is 0, not NaN.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import dsnt_core
-    >>> dsnt_core.euclidean_loss(np.asarray([[0.3, 0.4]]), np.zeros((1, 2))).tolist()
-    [0.5]
-    """
-    xp = namespace_of(pred=pred, target=target)
-    check_floating(xp, pred, "pred")
-    check_floating(xp, target, "target")
-    if tuple(pred.shape) != tuple(target.shape):
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    if pred.ndim < 1:
-        raise ValueError("pred must have shape (..., ndim), got a 0-d array")
-    return _norm(xp, pred - target)
-
-
-def average_loss(losses: Array, /, *, mask: Array | None = None) -> Array:
-    """Mean of per-point losses over the points that ``mask`` keeps.
-
-    Parameters
-    ----------
-    losses : array of shape (...)
-    mask : array of shape (...), optional
-        Boolean or float weights; the result is ``sum(losses * mask) / max(sum(mask), 1)``
-        (dsntnn's ``average_loss``), so an empty mask gives 0.
-
-    Returns
-    -------
-    0-d array
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import dsnt_core
-    >>> float(dsnt_core.average_loss(np.asarray([1.0, 3.0]), mask=np.asarray([True, False])))
-    1.0
-    """
-    xp = namespace_of(losses=losses, mask=mask)
-    check_floating(xp, losses, "losses")
-    if mask is None:
-        return xp.mean(losses) if math.prod(losses.shape) != 0 else xp.sum(losses)
-    check_mask(xp, mask, tuple(losses.shape))
-    weights = xp.astype(mask, losses.dtype)
-    total = xp.sum(weights)
-    return xp.sum(losses * weights) / xp.maximum(total, xp.ones_like(total))
+def pixel_variance_scale(xp: Namespace, spatial: tuple[int, ...], like: Array) -> Array:
+    """``(n_k / 2) ** 2`` per axis in (x, y[, z]) order: normalised variances to pixel units."""
+    return xp.stack([scalar_like(xp, (n / 2.0) ** 2, like) for n in reversed(spatial)])
 
 
 def _regularizer_inputs(heatmaps: Array, target: Array, sigma: float) -> tuple[Namespace, int, float]:
@@ -234,6 +163,5 @@ def variance_regularizer(heatmaps: Array, /, sigma: float, *, ndim: int = 2) -> 
     sigma = check_positive_finite(sigma, "sigma")
     p = to_compute(xp, heatmaps)
     _, variances = moments(xp, marginals(xp, p, ndim), coordinate_grids(xp, p, ndim))
-    scale = xp.asarray([(p.shape[-1 - k] / 2.0) ** 2 for k in range(ndim)], dtype=p.dtype, device=device_of(p))
-    error = variances * scale - sigma**2
+    error = variances * pixel_variance_scale(xp, tuple(p.shape[-ndim:]), p) - sigma**2
     return to_dtype(xp, xp.sum(error * error, axis=-1), heatmaps.dtype)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array_utils import Array, Namespace, device_of, namespace_of
-from ._validation import check_floating, check_size
+from .._arrays import scalar_like
+from .._backends import namespace_of
+from .._typing import Array, Namespace
+from .._validation import check_floating, check_size
 
 
 def normalized_linspace(
@@ -64,7 +66,7 @@ def normalized_linspace(
 
 def _sizes_along_coordinates(xp: Namespace, coords: Array, size: tuple[int, ...]) -> Array:
     """``size`` reversed into (x, y[, z]) order as an array matching ``coords``."""
-    return xp.asarray(tuple(float(n) for n in reversed(size)), dtype=coords.dtype, device=device_of(coords))
+    return xp.stack([scalar_like(xp, float(n), coords) for n in reversed(size)])
 
 
 def pixel_to_normalized(coords: Array, /, size: Any, *, align_corners: bool = False) -> Array:

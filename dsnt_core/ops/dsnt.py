@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ._array_utils import Array, Namespace, device_of, namespace_of, spatial_axes, to_compute, to_dtype
-from ._validation import check_ndim, check_spatial
+from .._arrays import spatial_axes, to_compute, to_dtype
+from .._backends import device_of, namespace_of
+from .._typing import Array, DType, Namespace
+from .._validation import check_ndim, check_spatial
 from .grids import normalized_linspace
 
 
@@ -24,7 +24,7 @@ def marginals(xp: Namespace, heatmaps: Array, ndim: int) -> list[Array]:
 
 
 def coordinate_grids(
-    xp: Namespace, heatmaps: Array, ndim: int, *, align_corners: bool = False, dtype: Any = None
+    xp: Namespace, heatmaps: Array, ndim: int, *, align_corners: bool = False, dtype: DType = None
 ) -> list[Array]:
     """1-D coordinate grids of the spatial axes in (x, y[, z]) order, in ``dtype`` (default ``heatmaps``')."""
     return [

@@ -1,6 +1,6 @@
-"""A NumPy fast path for the soft-argmax forward pass: one ``exp`` and one matrix product.
+"""NumPy kernels: the ``softmax_moments`` pass as one ``exp`` and one matrix product per block.
 
-The generic forward (:func:`dsnt_core._fused_rules.soft_argmax_forward`) needs a max, a
+The array-API pass (:meth:`ArrayAPIKernels.softmax_moments`) needs a max, a
 subtraction, an ``exp`` and several reductions, each a full pass over the heatmaps. NumPy
 runs each of those as its own loop, so the forward costs about four times one ``exp``. Here:
 
@@ -17,8 +17,8 @@ runs each of those as its own loop, so the forward costs about four times one ``
   NaN) are recomputed by the generic shifted path, so the results agree with it to
   rounding for every input.
 
-The result and residuals are those of the generic forward pass, so
-:func:`dsnt_core._fused_rules.soft_argmax_backward` applies unchanged.
+The other passes are the array-API ones. This implementation is chosen automatically for
+NumPy arrays.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._array_utils import Namespace, spatial_size, to_dtype
-from ._fused_rules import soft_argmax_forward as generic_forward
-from .grids import normalized_linspace
+from .._arrays import spatial_size
+from .._typing import Array, Namespace
+from ..ops.grids import normalized_linspace
+from .array_api import ArrayAPIKernels
+from .contract import SoftArgmaxResiduals
 
 BLOCK_BYTES = 1 << 20  # about one core's L2 cache on current x86 servers
 
@@ -126,32 +128,45 @@ def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return result
 
 
-def soft_argmax_forward(
-    xp: Namespace, logits: np.ndarray, ndim: int, temperature: float
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Same contract as the generic ``soft_argmax_forward``, for NumPy arrays.
+class NumPyKernels(ArrayAPIKernels):
+    """The array-API passes with a blocked, multi-threaded ``softmax_moments`` for NumPy arrays.
 
-    The generic rule takes the heatmaps the unshifted sum cannot represent exactly.
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from array_api_compat import numpy as xp
+    >>> from dsnt_core.kernels import NumPyKernels
+    >>> NumPyKernels().softmax_moments(xp, np.zeros((1, 3, 3)), 2, 1.0).mu.tolist()
+    [[0.0, 0.0]]
     """
-    spatial = tuple(logits.shape[len(logits.shape) - ndim :])
-    batch = tuple(logits.shape[: len(logits.shape) - ndim])
-    compute = np.float64 if logits.dtype == np.float64 else np.float32
-    flat = np.reshape(np.asarray(logits, dtype=compute), (-1, spatial_size(logits, ndim)))
-    if temperature != 1.0:
-        flat = flat / compute(temperature)
-    if flat.shape[0] == 0 or flat.shape[1] == 0:
-        return generic_forward(xp, logits, ndim, temperature)
-    sums = _unshifted_moments(flat, moment_matrix(spatial, np.dtype(compute)))
-    total = sums[:, 0]
-    exact = (total >= math.sqrt(np.finfo(compute).smallest_normal)) & (total < np.inf)
-    coords = sums[:, 1:] / np.where(exact, total, 1.0)[:, None]
-    lse = np.log(np.where(exact, total, 1.0))
-    if not exact.all():
-        redo = ~exact
-        _, redo_residuals = generic_forward(
-            xp, np.reshape(logits, (-1, *spatial))[redo], ndim, temperature
-        )
-        coords[redo] = redo_residuals["mu"]
-        lse[redo] = redo_residuals["lse"]
-    coords = np.reshape(coords, (*batch, ndim))
-    return to_dtype(xp, coords, logits.dtype), {"lse": np.reshape(lse, batch), "mu": coords}
+
+    name = "numpy"
+    description = "NumPy: blocked unshifted exp and one matrix product per block, on up to 4 cores"
+    libraries = ("numpy",)
+    automatic = True
+
+    def applies_to(self, logits: Array) -> bool:
+        """NumPy arrays."""
+        return isinstance(logits, np.ndarray)
+
+    def softmax_moments(self, xp: Namespace, logits: Array, ndim: int, temperature: float) -> SoftArgmaxResiduals:
+        """Log-sum-exp and expected coordinates; the array-API pass takes the heatmaps the
+        unshifted sum cannot represent exactly."""
+        spatial = tuple(logits.shape[len(logits.shape) - ndim :])
+        batch = tuple(logits.shape[: len(logits.shape) - ndim])
+        compute = np.float64 if logits.dtype == np.float64 else np.float32
+        flat = np.reshape(np.asarray(logits, dtype=compute), (-1, spatial_size(logits, ndim)))
+        if temperature != 1.0:
+            flat = flat / compute(temperature)
+        if flat.shape[0] == 0 or flat.shape[1] == 0:
+            return super().softmax_moments(xp, logits, ndim, temperature)
+        sums = _unshifted_moments(flat, moment_matrix(spatial, np.dtype(compute)))
+        total = sums[:, 0]
+        exact = (total >= math.sqrt(np.finfo(compute).smallest_normal)) & (total < np.inf)
+        mu = sums[:, 1:] / np.where(exact, total, 1.0)[:, None]
+        lse = np.log(np.where(exact, total, 1.0))
+        if not exact.all():
+            redo = super().softmax_moments(xp, np.reshape(logits, (-1, *spatial))[~exact], ndim, temperature)
+            mu[~exact] = redo.mu
+            lse[~exact] = redo.lse
+        return SoftArgmaxResiduals(np.reshape(lse, batch), np.reshape(mu, (*batch, ndim)))

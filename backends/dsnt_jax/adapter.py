@@ -1,0 +1,104 @@
+"""The JAX adapter: the core's fused rules registered with ``jax.custom_jvp``.
+
+A JVP rule (rather than a VJP) keeps forward mode (``jax.jacfwd``, ``jax.jvp``) working;
+the tangent map is wrapped in ``jax.checkpoint``, so that reverse mode keeps only the
+logits and small per-heatmap residuals and recomputes the softmax in the backward pass.
+Registered in the ``dsnt_core.adapters`` entry-point group, so ``dsnt_core.soft_argmax``
+and ``dsnt_core.dsnt_loss`` route JAX arrays here with validated inputs and the kernel
+implementation chosen for the call (a static argument: it is part of the jit cache key).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from dsnt_core.composed import composed_dsnt_loss
+from dsnt_core.kernels import Kernels
+from dsnt_core.ops.dsnt_loss import LossOptions, dsnt_loss_backward, dsnt_loss_forward
+from dsnt_core.ops.soft_argmax import soft_argmax_forward, soft_argmax_jvp
+
+xp = jnp
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _soft_argmax(logits: jax.Array, ndim: int, temperature: float, kernels: Kernels) -> jax.Array:
+    return soft_argmax_forward(xp, logits, ndim, temperature, kernels)[0]
+
+
+@_soft_argmax.defjvp
+def _soft_argmax_jvp(ndim: int, temperature: float, kernels: Kernels, primals: tuple, tangents: tuple) -> tuple:
+    (logits,), (tangent,) = primals, tangents
+    coords, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
+
+    def tangent_map(z: jax.Array, res: Any, dz: jax.Array) -> jax.Array:
+        return soft_argmax_jvp(xp, z, res, dz, ndim, temperature)
+
+    return coords, jax.checkpoint(tangent_map)(logits, residuals, tangent)
+
+
+def _composed(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions) -> Any:
+    return composed_dsnt_loss(logits, target, mask=mask, **options.as_kwargs())
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions, kernels: Kernels) -> Any:
+    loss, _ = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
+    return loss.astype(logits.dtype)
+
+
+def _is_zero(tangent: Any) -> bool:
+    return tangent is None or isinstance(tangent, SymbolicZero)
+
+
+def _dsnt_loss_jvp(options: LossOptions, kernels: Kernels, primals: tuple, tangents: tuple) -> tuple:
+    logits, target, mask = primals
+    d_logits, d_target, d_mask = tangents
+    loss, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
+    loss = loss.astype(logits.dtype)
+    out = jnp.zeros_like(loss)
+    if not _is_zero(d_logits):
+
+        def tangent_map(z: jax.Array, t: jax.Array, m: Any, res: Any, dz: jax.Array) -> jax.Array:
+            grad = dsnt_loss_backward(xp, z, t, m, res, jnp.ones((), z.dtype), options, kernels)
+            return jnp.sum(grad * dz).astype(z.dtype)
+
+        out = out + jax.checkpoint(tangent_map)(logits, target, mask, residuals, d_logits)
+    # The target (and a float mask) rarely need a gradient; when they do, differentiate
+    # the composed form with respect to them only.
+    if not _is_zero(d_target):
+        _, t_out = jax.jvp(lambda t: _composed(logits, t, mask, options), (target,), (d_target,))
+        out = out + t_out.astype(out.dtype)
+    if mask is not None and not _is_zero(d_mask):
+        _, m_out = jax.jvp(lambda m: _composed(logits, target, m, options), (mask,), (d_mask,))
+        out = out + m_out.astype(out.dtype)
+    return loss, out
+
+
+_dsnt_loss.defjvp(_dsnt_loss_jvp, symbolic_zeros=True)
+
+
+def soft_argmax(logits: jax.Array, *, ndim: int, temperature: float, kernels: Kernels) -> jax.Array:
+    """Fused soft-argmax with the core's gradient rule (inputs already validated).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from dsnt_jax import adapter
+    >>> from dsnt_core.kernels import array_api_kernels
+    >>> adapter.soft_argmax(jnp.zeros((1, 4, 4)), ndim=2, temperature=1.0, kernels=array_api_kernels()).tolist()
+    [[0.0, 0.0]]
+    """
+    return _soft_argmax(logits, ndim, temperature, kernels)
+
+
+def dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions, *, kernels: Kernels) -> Any:
+    """Fused DSNT loss with the core's gradient rule (inputs already validated)."""
+    return _dsnt_loss(logits, target, mask, options, kernels)
+
+
+__all__ = ["dsnt_loss", "soft_argmax"]

@@ -1,0 +1,164 @@
+"""The kernel contract: the full-size passes that every kernel implementation supplies.
+
+The rules of the fused operations (:mod:`dsnt_core.ops.soft_argmax`,
+:mod:`dsnt_core.ops.dsnt_loss`) do all their per-heatmap arithmetic themselves and touch
+arrays of heatmap size only through the four passes of a `Kernels` implementation:
+
+* ``coordinate_grids``: the pixel-centre grid of each spatial axis (an implementation may
+  cache it);
+* ``softmax_moments``: log-sum-exp and expected coordinates of ``P = softmax(logits / T)``,
+  all that the ``soft_argmax`` forward needs;
+* ``softmax_statistics``: log-sum-exp and marginals of ``P``, and on request the negative
+  entropy and the sums of the Jensen-Shannon divergence to a separable ``Q``
+  (`SoftmaxStatistics`), in one sweep;
+* ``gradient_map``: ``P * (sum_k a_k[x_k] + e(P, Q)) / T``, the gradient of every rule,
+  where ``e`` is the elementwise term of a `Divergence`.
+
+Memory budget
+-------------
+Between the forward and the backward pass an implementation keeps at most the bytes of the
+logits, and chooses what: the logits themselves (the backward recomputes
+``P = exp(logits / T - lse)``, one more ``exp`` pass), the normalised heatmap ``P`` (the
+``soft_argmax`` backward becomes one pass with no ``exp``), or, for a scalar loss, the
+gradient itself, computed in the forward pass when the logits require a gradient (the
+backward multiplies it by the incoming scalar). Per-heatmap numbers (`SoftArgmaxResiduals`,
+`LossResiduals`) are kept on top of that. Double backward and forward-mode differentiation
+must keep working, through a fallback if need be. Every implementation shipped today keeps
+the logits.
+
+Semantics every implementation shares: the statistics are in the compute dtype (float32
+for 16-bit inputs, else the input's); a heatmap whose logits are all ``-inf`` is uniform,
+with ``lse = 0`` so that ``exp(u - lse) = 0`` gives it a zero gradient; a NaN or ``+inf``
+in a heatmap makes that heatmap's results NaN and leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
+
+from .._typing import Array, Namespace
+
+Rule = TypeVar("Rule", bound=Callable[..., object])
+
+
+class DivergenceKind(enum.Enum):
+    """Which divergence's elementwise gradient term `Kernels.gradient_map` adds."""
+
+    KL = "kl"
+    """``coef * log P``: the gradient of ``KL(P || Q)`` with fixed ``Q``, up to the constant."""
+    JS = "js"
+    """``coef * log(P / M) / 2`` with ``M = (P + Q) / 2``: the gradient of ``JS(P, Q)``."""
+
+
+class Divergence(NamedTuple):
+    """The elementwise part of a gradient map.
+
+    ``coef`` has the batch shape; ``factors`` are the separable ``Q``'s 1-D factors in
+    (x, y[, z]) order, each broadcasting against (..., n_k) (JS only).
+    """
+
+    kind: DivergenceKind
+    coef: Array
+    factors: tuple[Array, ...] = ()
+
+
+class SoftmaxStatistics(NamedTuple):
+    """Per-heatmap statistics of ``P = softmax(logits / T)`` from `Kernels.softmax_statistics`.
+
+    ``lse`` has the batch shape, ``margins[k]`` the shape (..., n_k), x first. The optional
+    fields are ``None`` unless asked for: ``neg_entropy`` is ``sum P log P``; ``m_log_m`` and
+    ``p_log_m`` are ``sum M log M`` and ``sum P log M`` for ``M = (P + Q) / 2``.
+    """
+
+    lse: Array
+    margins: tuple[Array, ...]
+    neg_entropy: Array | None = None
+    m_log_m: Array | None = None
+    p_log_m: Array | None = None
+
+
+class SoftArgmaxResiduals(NamedTuple):
+    """What the ``soft_argmax`` rules keep besides the logits: log-sum-exp and coordinates."""
+
+    lse: Array
+    mu: Array
+
+
+class LossResiduals(NamedTuple):
+    """What the ``dsnt_loss`` rules keep besides the logits, target and mask.
+
+    ``var`` is set for the variance regulariser, ``divergence`` for KL (``KL(P || Q)``) and
+    JS (``KL(P || M)``); both are ``None`` otherwise.
+    """
+
+    lse: Array
+    mu: Array
+    var: Array | None = None
+    divergence: Array | None = None
+
+
+@runtime_checkable
+class Kernels(Protocol):
+    """A kernel implementation: the four full-size passes and what the switch needs to know.
+
+    Subclass `dsnt_core.kernels.ArrayAPIKernels` to replace some passes and inherit the
+    others. Register a new implementation in the ``dsnt_core.kernels`` entry-point group
+    (name = what ``dsnt_core.use_kernels`` takes, value = the instance).
+    """
+
+    name: str
+    """What ``dsnt_core.use_kernels`` calls it, e.g. ``"array-api"``."""
+    description: str
+    """One line for ``dsnt_core.available_kernels()``."""
+    libraries: tuple[str, ...]
+    """The array libraries it serves (``"numpy"``, ``"torch"``...; empty for all)."""
+    automatic: bool
+    """Whether it is chosen by default (``"auto"``) for the arrays it applies to."""
+
+    def unavailable_reason(self) -> str | None:
+        """Why it cannot run on this machine (a missing compiler, library or device), or ``None``."""
+        ...
+
+    def applies_to(self, logits: Array) -> bool:
+        """Whether it can take these logits (library, device, dtype, tracing state); cheap."""
+        ...
+
+    def wrap_rule(self, rule: Rule) -> Rule:
+        """The rule as this implementation runs it (e.g. compiled); the identity by default."""
+        ...
+
+    def coordinate_grids(self, xp: Namespace, logits: Array, ndim: int) -> tuple[Array, ...]:
+        """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype."""
+        ...
+
+    def softmax_moments(self, xp: Namespace, logits: Array, ndim: int, temperature: float) -> SoftArgmaxResiduals:
+        """Log-sum-exp (batch shape) and expected coordinates (..., ndim), in the compute dtype."""
+        ...
+
+    def softmax_statistics(
+        self,
+        xp: Namespace,
+        logits: Array,
+        ndim: int,
+        temperature: float,
+        *,
+        entropy: bool = False,
+        mixture: Sequence[Array] | None = None,
+    ) -> SoftmaxStatistics:
+        """`SoftmaxStatistics` of the logits; ``mixture`` holds the 1-D factors of ``Q``, x first."""
+        ...
+
+    def gradient_map(
+        self,
+        xp: Namespace,
+        logits: Array,
+        lse: Array,
+        per_axis: Sequence[Array],
+        divergence: Divergence | None,
+        ndim: int,
+        temperature: float,
+    ) -> Array:
+        """``P * (outer_sum(per_axis) + e) / T`` in the compute dtype, ``P = exp(logits / T - lse)``."""
+        ...

@@ -1,0 +1,205 @@
+"""The one switch between kernel implementations: `use_kernels`, `available_kernels`, `select_kernels`.
+
+Two implementations come with the core (``"array-api"`` and ``"numpy"``); adapters add theirs
+through the ``dsnt_core.kernels`` entry-point group (``"torch-native"``, ``"torch-compile"``),
+loaded only when they are named or listed, so that choosing nothing imports no framework.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import TracebackType
+
+from .._typing import Array
+from .array_api import ArrayAPIKernels
+from .contract import Kernels
+from .numpy_fast import NumPyKernels
+
+KERNEL_GROUP = "dsnt_core.kernels"
+"""Entry-point group of kernel implementations: name = what `use_kernels` takes, value = an instance."""
+
+AUTO = "auto"
+_BUILT_IN: dict[str, Kernels] = {k.name: k for k in (ArrayAPIKernels(), NumPyKernels())}
+_ENVIRONMENT_ALIASES = {"DSNT_TORCH_NATIVE": "torch-native", "DSNT_TORCH_COMPILE": "torch-compile"}
+
+
+@functools.cache
+def _registered() -> dict[str, object]:
+    """Entry points of the kernel group by name (not loaded)."""
+    return {entry.name: entry for entry in entry_points(group=KERNEL_GROUP)}
+
+
+def kernel_names() -> tuple[str, ...]:
+    """Every name `use_kernels` accepts: ``"auto"``, the built-in and the registered ones."""
+    return (AUTO, *_BUILT_IN, *(name for name in _registered() if name not in _BUILT_IN))
+
+
+@functools.cache
+def get_kernels(name: str) -> Kernels:
+    """The implementation called ``name`` (loading its entry point the first time).
+
+    Raises
+    ------
+    ValueError
+        If no implementation has that name.
+    """
+    if name in _BUILT_IN:
+        return _BUILT_IN[name]
+    entry = _registered().get(name)
+    if entry is None:
+        raise ValueError(f"kernels must be one of {list(kernel_names())}, got {name!r}")
+    return entry.load()  # type: ignore[attr-defined, no-any-return]
+
+
+def _initial_choice() -> str:
+    """``"auto"``, or the implementation an environment alias (``DSNT_TORCH_NATIVE=1``...) names."""
+    for variable, name in _ENVIRONMENT_ALIASES.items():
+        if os.environ.get(variable, "0") == "1":
+            return name
+    return AUTO
+
+
+_lock = threading.Lock()
+_process_choice = _initial_choice()
+# A thread-local rather than a ContextVar: torch.compile traces attribute reads of it.
+_scoped = threading.local()
+
+
+def current_kernels() -> str:
+    """The name chosen now: the innermost ``with use_kernels(...)`` of this thread, else the process-wide one."""
+    scoped: str | None = getattr(_scoped, "choice", None)
+    return _process_choice if scoped is None else scoped
+
+
+class use_kernels:  # noqa: N801 - a function to the user, a class to be a context manager too
+    """Choose the kernel implementation of the fused operations.
+
+    Called on its own, the choice holds for the whole process (every thread). Used as a
+    context manager, it holds inside the block only, for the current thread, and the
+    previous choice comes back on leaving it, exception or not.
+
+    The chosen implementation runs the arrays it applies to (its library, device and
+    tracing state); other arrays keep the automatic choice, so one switch never breaks a
+    call. ``"auto"`` (the start) uses the NumPy kernels for NumPy arrays and the array-API
+    ones elsewhere. The environment variables ``DSNT_TORCH_NATIVE=1`` and
+    ``DSNT_TORCH_COMPILE=1`` set the starting choice to ``"torch-native"`` and
+    ``"torch-compile"``.
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"`` or the name of an implementation in `available_kernels`.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not an implementation's name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> with dsnt_core.use_kernels("array-api"):
+    ...     coords = dsnt_core.soft_argmax(np.zeros((1, 4, 4)))
+    >>> dsnt_core.kernels.current_kernels()
+    'auto'
+    """
+
+    def __init__(self, name: str = AUTO) -> None:
+        global _process_choice
+        if not isinstance(name, str):
+            raise TypeError(f"kernels must be a str, one of {list(kernel_names())}, got {type(name).__name__}")
+        if name != AUTO:
+            get_kernels(name)
+        self.name = name
+        self._outer_scoped: str | None = None
+        with _lock:
+            self._previous_process_choice = _process_choice
+            _process_choice = name
+
+    def __enter__(self) -> use_kernels:
+        global _process_choice
+        with _lock:  # a scoped choice after all: the process-wide one goes back to what it was
+            if _process_choice == self.name:
+                _process_choice = self._previous_process_choice
+        self._outer_scoped = getattr(_scoped, "choice", None)
+        _scoped.choice = self.name
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        _scoped.choice = self._outer_scoped
+
+    def __repr__(self) -> str:
+        return f"use_kernels({self.name!r})"
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    """One kernel implementation as `available_kernels` reports it."""
+
+    name: str
+    """What `use_kernels` takes."""
+    description: str
+    """What it is and what it runs on."""
+    libraries: tuple[str, ...]
+    """The array libraries it serves; empty for all."""
+    available: bool
+    """Whether it can run here."""
+    reason: str
+    """Why not, when it cannot (empty when it can)."""
+
+
+def _info(name: str) -> KernelInfo:
+    try:
+        kernels = get_kernels(name)
+    except Exception as error:  # a registered package that fails to import
+        return KernelInfo(name, "(could not be loaded)", (), False, f"{type(error).__name__}: {error}")
+    reason = kernels.unavailable_reason()
+    return KernelInfo(name, kernels.description, tuple(kernels.libraries), reason is None, reason or "")
+
+
+def available_kernels() -> list[KernelInfo]:
+    """Every kernel implementation, whether it can run here and, if not, why.
+
+    Loading an adapter's implementation imports its framework, and checking a compiled one
+    may build it (the PyTorch native kernels: about 30 s once per machine).
+
+    Returns
+    -------
+    list of KernelInfo
+
+    Examples
+    --------
+    >>> import dsnt_core
+    >>> [k.name for k in dsnt_core.available_kernels()][:2]
+    ['array-api', 'numpy']
+    """
+    return [_info(name) for name in kernel_names() if name != AUTO]
+
+
+def _automatic(logits: Array) -> Kernels:
+    for kernels in _BUILT_IN.values():
+        if kernels.automatic and kernels.libraries and kernels.applies_to(logits):
+            return kernels
+    return _BUILT_IN["array-api"]
+
+
+def select_kernels(logits: Array) -> Kernels:
+    """The implementation for a call on ``logits``: the chosen one where it applies, else the automatic one."""
+    name = current_kernels()
+    if name != AUTO:
+        chosen = get_kernels(name)
+        if chosen.applies_to(logits):
+            return chosen
+    return _automatic(logits)
+
+
+def array_api_kernels() -> Kernels:
+    """The array-API implementation: the fallback every adapter may use (e.g. for double backward)."""
+    return _BUILT_IN["array-api"]

@@ -1,0 +1,70 @@
+"""Per-point coordinate losses and their average over the points (dsntnn's definitions)."""
+
+from __future__ import annotations
+
+import math
+
+from .._arrays import euclidean_norm
+from .._backends import namespace_of
+from .._typing import Array
+from .._validation import check_floating, check_mask
+
+
+def euclidean_loss(pred: Array, target: Array, /) -> Array:
+    """Euclidean distance between predicted and target coordinates, per point.
+
+    Parameters
+    ----------
+    pred, target : arrays of shape (..., ndim)
+
+    Returns
+    -------
+    array of shape (...)
+        Its gradient at ``pred == target`` is 0, not NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> dsnt_core.euclidean_loss(np.asarray([[0.3, 0.4]]), np.zeros((1, 2))).tolist()
+    [0.5]
+    """
+    xp = namespace_of(pred=pred, target=target)
+    check_floating(xp, pred, "pred")
+    check_floating(xp, target, "target")
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if pred.ndim < 1:
+        raise ValueError("pred must have shape (..., ndim), got a 0-d array")
+    return euclidean_norm(xp, pred - target)
+
+
+def average_loss(losses: Array, /, *, mask: Array | None = None) -> Array:
+    """Mean of per-point losses over the points that ``mask`` keeps.
+
+    Parameters
+    ----------
+    losses : array of shape (...)
+    mask : array of shape (...), optional
+        Boolean or float weights; the result is ``sum(losses * mask) / max(sum(mask), 1)``
+        (dsntnn's ``average_loss``), so an empty mask gives 0.
+
+    Returns
+    -------
+    0-d array
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> float(dsnt_core.average_loss(np.asarray([1.0, 3.0]), mask=np.asarray([True, False])))
+    1.0
+    """
+    xp = namespace_of(losses=losses, mask=mask)
+    check_floating(xp, losses, "losses")
+    if mask is None:
+        return xp.mean(losses) if math.prod(losses.shape) != 0 else xp.sum(losses)
+    check_mask(xp, mask, tuple(losses.shape))
+    weights = xp.astype(mask, losses.dtype)
+    total = xp.sum(weights)
+    return xp.sum(losses * weights) / xp.maximum(total, xp.ones_like(total))
