@@ -1,6 +1,6 @@
 """Run the benchmark suite: ``python benchmarks/run.py [--quick]`` (the same as ``dsnt bench``)."""
 
-from dsnt_core.cli import main
+from dsnt_apps.cli import main
 
 if __name__ == "__main__":
     import sys

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dsnt_apps.synthetic import keypoint_images
+from dsnt_apps.training import mean_pixel_error
 
 import dsnt_core
-from dsnt_core.synthetic import keypoint_images
-from dsnt_core.training import mean_pixel_error
 
 SIZE = 64
 HEATMAP = 16

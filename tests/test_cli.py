@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import doctest
+import importlib
 import json
+import pkgutil
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import dsnt_apps
+import dsnt_benchmarks
 import pytest
+from dsnt_apps.cli import main
+from dsnt_benchmarks.candidate import STEP_FWD_BWD, Candidate
+from dsnt_benchmarks.timing import call
 
-from dsnt_core.cli import main
+import dsnt_core
 
 
 def test_demo_reports_agreement(capsys):
@@ -28,7 +41,7 @@ def test_train_writes_a_figure(framework, tmp_path):
 
 def test_bench_writes_table_json_and_chart(tmp_path):
     pytest.importorskip("torch")
-    from dsnt_core.benchmarking import run_suite
+    from dsnt_benchmarks import run_suite
 
     results = run_suite(
         tmp_path,
@@ -38,8 +51,84 @@ def test_bench_writes_table_json_and_chart(tmp_path):
         print_fn=lambda _: None,
     )
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
     # The logits plus a few numbers per heatmap (a visible share only for such tiny maps).
     assert 1.0 <= saved["saved_bytes"]["ours"] < 1.2 < 3.0 < saved["saved_bytes"]["dsntnn"]
     assert all(t > 0 for group in results["groups"] for t in group["times"].values())
-    assert "speed-up over dsntnn" in (tmp_path / "results.md").read_text()
+    # results.json keeps its layout: the docs and earlier runs are read with it.
+    assert list(saved)[:5] == ["groups", "sweep", "compiled", "saved_bytes", "environment"]
+    names = list(next(g for g in saved["groups"] if g["library"] == "torch")["times"])
+    assert names[:5] == [
+        "exp floor",
+        "ours soft_argmax fwd",
+        "ours soft_argmax fwd+bwd",
+        "ours step fwd",
+        "ours step fwd+bwd",
+    ]
+    assert {"naive step fwd+bwd", "dsntnn step fwd+bwd"} <= set(names)
+    assert list(saved["compiled"])[:3] == ["first call (s)", "exp floor", "compiled step fwd+bwd"]
+    assert list(saved["sweep"]) == ["128", "512"]
+    report = (tmp_path / "results.md").read_text()
+    assert "speed-up over dsntnn" in report
+    assert "| torch | tiny (2, 3, 8, 8) | dsntnn step fwd+bwd |" in report
     assert (tmp_path / "results.png").exists()
+
+
+def test_timing_switches_the_candidates_kernels_and_restores_them(monkeypatch):
+    entered: list[str] = []
+    running: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def use_kernels(name):
+        entered.append(name)
+        try:
+            yield
+        finally:
+            entered.remove(name)
+
+    monkeypatch.setattr(dsnt_core, "use_kernels", use_kernels, raising=False)
+    call(Candidate("native", STEP_FWD_BWD, lambda: running.append(list(entered)), kernels="torch-native"))
+    call(Candidate("naive", STEP_FWD_BWD, lambda: running.append(list(entered))))
+    assert running == [["torch-native"], []]
+    assert entered == []
+
+
+def test_candidate_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Candidate("ours", "step backward", lambda: None)
+
+
+@pytest.mark.parametrize("package", [dsnt_apps, dsnt_benchmarks], ids=lambda p: p.__name__)
+def test_docstring_examples(package):
+    # __main__ runs the command line on import: it has no examples to run.
+    names = [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__) if m.name != "__main__"]
+    failed = {name: doctest.testmod(importlib.import_module(name)).failed for name in names}
+    assert failed == dict.fromkeys(names, 0)
+
+
+def _commands() -> list:
+    """``python -m dsnt_apps``, and the ``dsnt`` script where this interpreter's environment installed it."""
+    commands = [pytest.param([sys.executable, "-m", "dsnt_apps"], id="python -m dsnt_apps")]
+    script = shutil.which("dsnt", path=str(Path(sys.executable).parent))
+    if script is not None:
+        commands.append(pytest.param([script], id="dsnt"))
+    return commands
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_command_help_lists_the_subcommands(command):
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: dsnt ")
+    assert "{demo,train,bench}" in result.stdout
+
+
+def test_the_library_imports_no_application_code():
+    code = (
+        "import sys, dsnt_core\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('dsnt_apps', 'dsnt_benchmarks', 'matplotlib', 'tqdm', 'dsntnn', 'kornia')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""``python -m dsnt_core``: see :mod:`dsnt_core.cli`."""
+"""``python -m dsnt_apps``: see :mod:`dsnt_apps.cli`."""
 
 from .cli import main
 

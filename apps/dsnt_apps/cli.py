@@ -1,4 +1,4 @@
-"""The ``dsnt`` command (also ``python -m dsnt_core``): ``demo``, ``train`` and ``bench``."""
+"""The ``dsnt`` command (also ``python -m dsnt_apps``): ``demo``, ``train`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,24 @@ import sys
 
 
 def _require(module: str, extra: str) -> None:
+    """Exit with an install hint unless ``module`` is importable."""
     if importlib.util.find_spec(module) is None:
         sys.exit(f"dsnt: this command needs {module}; install it with: pip install 'dsnt-core[{extra}]'")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``dsnt`` command.
+
+    Parameters
+    ----------
+    argv
+        The arguments after the program name; ``None`` reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 if ``demo`` finds libraries that disagree.
+    """
     parser = argparse.ArgumentParser(prog="dsnt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the same heatmaps through every installed array library")
@@ -41,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         train(framework=args.framework, steps=args.steps, seed=args.seed, output=args.output)
         return 0
     _require("torch", "torch")
-    from .benchmarking import run_suite
+    from dsnt_benchmarks import run_suite
 
     run_suite(output_dir=args.output_dir, quick=args.quick)
     return 0

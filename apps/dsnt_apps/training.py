@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .grids import normalized_to_pixel
+from dsnt_core import normalized_to_pixel
+
 from .synthetic import POINT_NAMES, keypoint_images
 
 IMAGE_SIZE = 64

@@ -1,0 +1,104 @@
+"""``results.md``: the measurements of a run as markdown tables and sentences."""
+
+from __future__ import annotations
+
+from .candidate import STEP_FWD_BWD
+from .results import Group, SuiteResults, TorchStudies
+from .scaling import sweep_exponents
+
+
+def markdown_report(results: SuiteResults) -> str:
+    """The results as markdown: times, multiples of the exp floor, speed-ups over dsntnn, then the torch studies."""
+    lines = _groups_table(results.groups) + _jax_sentence(results.groups)
+    if results.torch is not None:
+        lines += _saved_bytes_table(results.torch) + _compiled_table(results.torch) + _sweep_table(results.torch)
+    if results.native_first_call is not None:
+        lines += [
+            "",
+            f"Native kernels (`dsnt_torch.use_native_kernels()`): built or loaded from PyTorch's extension cache in "
+            f"{results.native_first_call:.1f} s on the first call of this run.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _speedup(group: Group, seconds: float, kind: str) -> str:
+    """dsntnn's time for ``kind`` over ``seconds``, or "-" if dsntnn is not in the group."""
+    reference = group.seconds("dsntnn", kind)
+    return f"{reference / seconds:.2f}x" if reference is not None else "-"
+
+
+def _groups_table(groups: list[Group]) -> list[str]:
+    lines = [
+        "| library | shape | candidate | time (ms) | x exp floor | speed-up over dsntnn |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for group in groups:
+        for candidate, seconds in group.times.items():
+            if candidate.is_floor:
+                continue
+            lines.append(
+                f"| {group.library} | {group.shape} | {candidate.name} | {seconds * 1e3:.2f} | "
+                f"{seconds / group.floor:.1f} | {_speedup(group, seconds, candidate.kind)} |"
+            )
+    return lines
+
+
+def _jax_sentence(groups: list[Group]) -> list[str]:
+    """The speed-up of the jitted JAX step over the naive composition under jit, per shape."""
+    ratios = []
+    for group in groups:
+        naive = group.seconds("naive", STEP_FWD_BWD)
+        if group.library == "jax" and naive is not None:
+            ratios.append(f"{group.shape} {naive / group.seconds('ours', STEP_FWD_BWD):.2f}x")
+    if not ratios:
+        return []
+    sentence = "JAX `jit(value_and_grad(dsnt_loss))`, speed-up over the naive composition under jit: "
+    return ["", sentence + ", ".join(ratios) + "."]
+
+
+def _saved_bytes_table(studies: TorchStudies) -> list[str]:
+    if not studies.saved_bytes:
+        return []
+    lines = ["", f"Bytes kept for backward by a JS training step on {studies.shape}, in multiples of the logits:", ""]
+    lines += ["| implementation | saved bytes / logits bytes |", "|---|---:|"]
+    return lines + [f"| {name} | {ratio:.2f} |" for name, ratio in studies.saved_bytes.items()]
+
+
+def _compiled_table(studies: TorchStudies) -> list[str]:
+    compiled = studies.compiled
+    lines = [
+        "",
+        f"Opt-in compiled kernels (`dsnt_torch.use_compiled_kernels()`) on {compiled.shape}, one interleaved "
+        f"group; the first call took {studies.compiled_first_call:.1f} s (compilation):",
+        "",
+        "| candidate | time (ms) | x exp floor | speed-up over dsntnn |",
+        "|---|---:|---:|---:|",
+    ]
+    for candidate, seconds in compiled.times.items():
+        if candidate.is_floor:
+            continue
+        lines.append(
+            f"| {candidate.name} | {seconds * 1e3:.2f} | {seconds / compiled.floor:.1f} | "
+            f"{_speedup(compiled, seconds, candidate.kind)} |"
+        )
+    return lines
+
+
+def _sweep_table(studies: TorchStudies) -> list[str]:
+    if not studies.sweep:
+        return []
+    candidates = list(next(iter(studies.sweep.values())))
+    lines = [
+        "",
+        "Size sweep (torch, shapes (8, 17, n, n)), time in ms and the fitted exponent of time ~ (B*K*H*W)^a"
+        " over all sizes and over the three largest:",
+        "",
+        "| B*K*H*W | " + " | ".join(c.name for c in candidates) + " |",
+        "|---:|" + "---:|" * len(candidates),
+    ]
+    for size, times in studies.sweep.items():
+        lines.append(f"| {size} | " + " | ".join(f"{times[c] * 1e3:.2f}" for c in candidates) + " |")
+    for last, label in ((None, "a, all sizes"), (3, "a, three largest")):
+        exponents = sweep_exponents(studies.sweep, last=last)
+        lines.append(f"| {label} | " + " | ".join(f"{exponents.get(c, float('nan')):.2f}" for c in candidates) + " |")
+    return lines
