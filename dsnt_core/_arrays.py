@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 from ._backends import device_of
-from ._typing import Array, DType, Namespace
+from ._typing import Array, ArrayT, DType, Namespace
 
 
 def is_low_precision(xp: Namespace, dtype: DType) -> bool:
@@ -31,6 +32,14 @@ def to_compute(xp: Namespace, x: Array) -> Array:
 def to_dtype(xp: Namespace, x: Array, dtype: DType) -> Array:
     """``x`` cast to ``dtype`` when it differs."""
     return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def like_input(xp: Namespace, result: Array, like: ArrayT) -> ArrayT:
+    """``result`` in ``like``'s dtype: what a public function returns for the input ``like``.
+
+    Typed as ``like``'s own array type, since results stay in the input's library.
+    """
+    return cast(ArrayT, to_dtype(xp, result, like.dtype))
 
 
 def scalar_like(xp: Namespace, value: float, like: Array) -> Array:

@@ -8,7 +8,7 @@ module that implements the standard for an array (``array_api_compat.array_names
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 Namespace: TypeAlias = ModuleType
 """An array-API namespace such as ``array_api_compat.numpy`` or ``jax.numpy``."""
@@ -65,3 +65,7 @@ class Array(Protocol):
     def __and__(self, other: Any, /) -> Array: ...
 
     def __invert__(self) -> Array: ...
+
+
+ArrayT = TypeVar("ArrayT", bound=Array)
+"""The array type of a public function's input, which is also the type of its result."""

@@ -7,7 +7,9 @@ tests and benchmarks.
 
 from __future__ import annotations
 
-from ._typing import Array
+from ._arrays import like_input
+from ._backends import namespace_of
+from ._typing import Array, ArrayT
 from .ops.dsnt import dsnt
 from .ops.losses import average_loss, euclidean_loss
 from .ops.normalize import flat_softmax
@@ -15,7 +17,7 @@ from .ops.regularizers import js_regularizer, kl_regularizer, variance_regulariz
 
 
 def composed_dsnt_loss(
-    logits: Array,
+    logits: ArrayT,
     target: Array,
     /,
     *,
@@ -25,7 +27,7 @@ def composed_dsnt_loss(
     mask: Array | None = None,
     ndim: int = 2,
     temperature: float = 1.0,
-) -> Array:
+) -> ArrayT:
     """`dsnt_core.dsnt_loss` written as a chain of full-size operations.
 
     Examples
@@ -39,11 +41,11 @@ def composed_dsnt_loss(
     True
     """
     heatmaps = flat_softmax(logits, ndim=ndim, temperature=temperature)
-    losses = euclidean_loss(dsnt(heatmaps, ndim=ndim), target)
+    losses: Array = euclidean_loss(dsnt(heatmaps, ndim=ndim), target)
     if regularizer == "js":
         losses = losses + reg_weight * js_regularizer(heatmaps, target, sigma)
     elif regularizer == "kl":
         losses = losses + reg_weight * kl_regularizer(heatmaps, target, sigma)
     elif regularizer == "var":
         losses = losses + reg_weight * variance_regularizer(heatmaps, sigma, ndim=ndim)
-    return average_loss(losses, mask=mask)
+    return like_input(namespace_of(logits=logits), average_loss(losses, mask=mask), logits)

@@ -36,14 +36,15 @@ def _torch_trainer(seed: int) -> tuple[Any, Any]:
     features = torch.nn.Sequential(
         *block(1, 16, 1), *block(16, 32, 2), *block(32, 32, 1), *block(32, 64, 2), *block(64, 64, 1)
     )
-    head = DSNTHead(64, len(POINT_NAMES), return_heatmaps=True)
-    model = torch.nn.Sequential(features, head)
+    to_logits = torch.nn.Conv2d(64, len(POINT_NAMES), 1)  # the paper's 1x1 convolution
+    head = DSNTHead(return_heatmaps=True)
+    model = torch.nn.Sequential(features, to_logits, head)
     loss_fn = DSNTLoss(sigma=1.0, regularizer="js")
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
 
     def train_step(images: np.ndarray, points: np.ndarray) -> float:
         optimizer.zero_grad()
-        logits = head.to_logits(features(torch.from_numpy(images)))
+        logits = to_logits(features(torch.from_numpy(images)))
         loss = loss_fn(logits, torch.from_numpy(points))
         loss.backward()
         optimizer.step()
@@ -91,7 +92,9 @@ def _jax_trainer(seed: int) -> tuple[Any, Any]:
     state["t"] = 0
 
     @jax.jit
-    def update(params, m, v, t, images, points):
+    def update(
+        params: Any, m: Any, v: Any, t: int, images: jax.Array, points: jax.Array
+    ) -> tuple[Any, Any, Any, jax.Array]:
         loss, grads = jax.value_and_grad(loss_of)(params, images, points)
         b1, b2, lr = 0.9, 0.999, 2e-3
         m = jax.tree.map(lambda a, g: b1 * a + (1 - b1) * g, m, grads)
@@ -108,7 +111,7 @@ def _jax_trainer(seed: int) -> tuple[Any, Any]:
         return float(loss)
 
     @jax.jit
-    def forward(params, images):
+    def forward(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = logits_of(params, images)
         return dsnt_core.soft_argmax(logits), dsnt_core.flat_softmax(logits)
 

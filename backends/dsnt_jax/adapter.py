@@ -11,7 +11,7 @@ implementation chosen for the call (a static argument: it is part of the jit cac
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,8 @@ xp = jnp
 
 @partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _soft_argmax(logits: jax.Array, ndim: int, temperature: float, kernels: Kernels) -> jax.Array:
-    return soft_argmax_forward(xp, logits, ndim, temperature, kernels)[0]
+    coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
+    return cast(jax.Array, coords)
 
 
 @_soft_argmax.defjvp
@@ -36,7 +37,7 @@ def _soft_argmax_jvp(ndim: int, temperature: float, kernels: Kernels, primals: t
     coords, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
 
     def tangent_map(z: jax.Array, res: Any, dz: jax.Array) -> jax.Array:
-        return soft_argmax_jvp(xp, z, res, dz, ndim, temperature)
+        return cast(jax.Array, soft_argmax_jvp(xp, z, res, dz, ndim, temperature))
 
     return coords, jax.checkpoint(tangent_map)(logits, residuals, tangent)
 
@@ -48,7 +49,7 @@ def _composed(logits: jax.Array, target: jax.Array, mask: Any, options: LossOpti
 @partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions, kernels: Kernels) -> Any:
     loss, _ = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
-    return loss.astype(logits.dtype)
+    return cast(jax.Array, loss).astype(logits.dtype)
 
 
 def _is_zero(tangent: Any) -> bool:
@@ -58,14 +59,14 @@ def _is_zero(tangent: Any) -> bool:
 def _dsnt_loss_jvp(options: LossOptions, kernels: Kernels, primals: tuple, tangents: tuple) -> tuple:
     logits, target, mask = primals
     d_logits, d_target, d_mask = tangents
-    loss, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
-    loss = loss.astype(logits.dtype)
+    computed, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
+    loss = cast(jax.Array, computed).astype(logits.dtype)
     out = jnp.zeros_like(loss)
     if not _is_zero(d_logits):
 
         def tangent_map(z: jax.Array, t: jax.Array, m: Any, res: Any, dz: jax.Array) -> jax.Array:
             grad = dsnt_loss_backward(xp, z, t, m, res, jnp.ones((), z.dtype), options, kernels)
-            return jnp.sum(grad * dz).astype(z.dtype)
+            return jnp.sum(cast(jax.Array, grad) * dz).astype(z.dtype)
 
         out = out + jax.checkpoint(tangent_map)(logits, target, mask, residuals, d_logits)
     # The target (and a float mask) rarely need a gradient; when they do, differentiate

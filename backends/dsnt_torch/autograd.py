@@ -12,7 +12,7 @@ recomputed from the logits with grad enabled, on the array-API kernels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from array_api_compat import torch as xp
@@ -31,7 +31,7 @@ class SoftArgmaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(logits: torch.Tensor, ndim: int, temperature: float, kernels: Kernels) -> Any:
         coords, residuals = kernels.wrap_rule(soft_argmax_forward)(xp, logits, ndim, temperature, kernels)
-        mu = residuals.mu
+        mu = cast(torch.Tensor, residuals.mu)
         return coords, residuals.lse, mu.clone() if mu is coords else mu
 
     @staticmethod
@@ -74,7 +74,7 @@ class DsntLossFunction(torch.autograd.Function):
         loss, residuals = kernels.wrap_rule(dsnt_loss_forward)(xp, logits, target, mask, options, kernels)
         field = _kept_field(options)
         kept = () if field is None else (getattr(residuals, field),)
-        return (loss.to(logits.dtype), residuals.lse, residuals.mu, *kept)
+        return (cast(torch.Tensor, loss).to(logits.dtype), residuals.lse, residuals.mu, *kept)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:

@@ -42,7 +42,8 @@ class CompiledKernels(ArrayAPIKernels):
 
     def wrap_rule(self, rule: Rule) -> Rule:
         """The rule compiled (once per rule, then once per shape by torch.compile's cache)."""
-        return _compiled(rule)  # type: ignore[no-any-return]
+        compiled: Rule = _compiled(rule)
+        return compiled
 
 
 KERNELS = CompiledKernels()

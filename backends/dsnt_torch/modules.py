@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 import dsnt_core
@@ -48,7 +50,9 @@ class DSNTHead(torch.nn.Module):
         conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}.get(ndim)
         if conv is None:
             raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
-        self.to_logits = conv(in_channels, num_points, 1) if in_channels is not None else None
+        self.to_logits: torch.nn.Module | None = None
+        if in_channels is not None and num_points is not None:
+            self.to_logits = conv(in_channels, num_points, 1)
         self.ndim, self.temperature, self.return_heatmaps = ndim, temperature, return_heatmaps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +88,7 @@ class DSNTLoss(torch.nn.Module):
         temperature: float = 1.0,
     ) -> None:
         super().__init__()
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             sigma=sigma,
             regularizer=regularizer,
             reg_weight=reg_weight,

@@ -47,9 +47,9 @@ def _jax_sentence(groups: list[Group]) -> list[str]:
     """The speed-up of the jitted JAX step over the naive composition under jit, per shape."""
     ratios = []
     for group in groups:
-        naive = group.seconds("naive", STEP_FWD_BWD)
-        if group.library == "jax" and naive is not None:
-            ratios.append(f"{group.shape} {naive / group.seconds('ours', STEP_FWD_BWD):.2f}x")
+        naive, ours = group.seconds("naive", STEP_FWD_BWD), group.seconds("ours", STEP_FWD_BWD)
+        if group.library == "jax" and naive is not None and ours is not None:
+            ratios.append(f"{group.shape} {naive / ours:.2f}x")
     if not ratios:
         return []
     sentence = "JAX `jit(value_and_grad(dsnt_loss))`, speed-up over the naive composition under jit: "

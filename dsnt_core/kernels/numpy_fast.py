@@ -120,8 +120,10 @@ def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     result = np.empty((rows, matrix.shape[1]), dtype=flat.dtype)
     blocks = _BlockQueue(-(-rows // block))
     helpers = min(4, usable_cores(), rows // (2 * block)) - 1  # at least two blocks per thread
-    pool = _thread_pool(helpers) if helpers > 0 else None
-    pending = [pool.submit(_moments_of_blocks, flat, matrix, result, blocks, block) for _ in range(max(helpers, 0))]
+    pending = []
+    if helpers > 0:
+        pool = _thread_pool(helpers)
+        pending = [pool.submit(_moments_of_blocks, flat, matrix, result, blocks, block) for _ in range(helpers)]
     _moments_of_blocks(flat, matrix, result, blocks, block)
     for job in pending:
         job.result()
@@ -152,10 +154,11 @@ class NumPyKernels(ArrayAPIKernels):
     def softmax_moments(self, xp: Namespace, logits: Array, ndim: int, temperature: float) -> SoftArgmaxResiduals:
         """Log-sum-exp and expected coordinates; the array-API pass takes the heatmaps the
         unshifted sum cannot represent exactly."""
-        spatial = tuple(logits.shape[len(logits.shape) - ndim :])
-        batch = tuple(logits.shape[: len(logits.shape) - ndim])
-        compute = np.float64 if logits.dtype == np.float64 else np.float32
-        flat = np.reshape(np.asarray(logits, dtype=compute), (-1, spatial_size(logits, ndim)))
+        array = np.asarray(logits)  # applies_to: a NumPy array already
+        spatial = tuple(array.shape[array.ndim - ndim :])
+        batch = tuple(array.shape[: array.ndim - ndim])
+        compute = np.float64 if array.dtype == np.float64 else np.float32
+        flat = np.reshape(np.asarray(array, dtype=compute), (-1, spatial_size(array, ndim)))
         if temperature != 1.0:
             flat = flat / compute(temperature)
         if flat.shape[0] == 0 or flat.shape[1] == 0:
@@ -166,7 +169,7 @@ class NumPyKernels(ArrayAPIKernels):
         mu = sums[:, 1:] / np.where(exact, total, 1.0)[:, None]
         lse = np.log(np.where(exact, total, 1.0))
         if not exact.all():
-            redo = super().softmax_moments(xp, np.reshape(logits, (-1, *spatial))[~exact], ndim, temperature)
-            mu[~exact] = redo.mu
-            lse[~exact] = redo.lse
+            redo = super().softmax_moments(xp, np.reshape(array, (-1, *spatial))[~exact], ndim, temperature)
+            mu[~exact] = np.asarray(redo.mu)
+            lse[~exact] = np.asarray(redo.lse)
         return SoftArgmaxResiduals(np.reshape(lse, batch), np.reshape(mu, (*batch, ndim)))

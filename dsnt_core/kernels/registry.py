@@ -11,7 +11,7 @@ import functools
 import os
 import threading
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from types import TracebackType
 
 from .._typing import Array
@@ -28,7 +28,7 @@ _ENVIRONMENT_ALIASES = {"DSNT_TORCH_NATIVE": "torch-native", "DSNT_TORCH_COMPILE
 
 
 @functools.cache
-def _registered() -> dict[str, object]:
+def _registered() -> dict[str, EntryPoint]:
     """Entry points of the kernel group by name (not loaded)."""
     return {entry.name: entry for entry in entry_points(group=KERNEL_GROUP)}
 
@@ -52,7 +52,8 @@ def get_kernels(name: str) -> Kernels:
     entry = _registered().get(name)
     if entry is None:
         raise ValueError(f"kernels must be one of {list(kernel_names())}, got {name!r}")
-    return entry.load()  # type: ignore[attr-defined, no-any-return]
+    kernels: Kernels = entry.load()
+    return kernels
 
 
 def _initial_choice() -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .._arrays import spatial_axes, to_compute, to_dtype
+from .._arrays import like_input, spatial_axes, to_compute
 from .._backends import device_of, namespace_of
-from .._typing import Array, DType, Namespace
+from .._typing import Array, ArrayT, DType, Namespace
 from .._validation import check_ndim, check_spatial
 from .grids import normalized_linspace
 
@@ -54,7 +54,7 @@ def moments(xp: Namespace, margins: list[Array], grids: list[Array]) -> tuple[Ar
     return xp.stack(means, axis=-1), xp.stack(variances, axis=-1)
 
 
-def dsnt(heatmaps: Array, /, *, ndim: int = 2, align_corners: bool = False) -> Array:
+def dsnt(heatmaps: ArrayT, /, *, ndim: int = 2, align_corners: bool = False) -> ArrayT:
     """Differentiable spatial to numerical transform: the expected coordinate of each heatmap.
 
     Computes ``[<P, X>, <P, Y>(, <P, Z>)]`` from the marginals of ``P`` (no full-size
@@ -90,10 +90,10 @@ def dsnt(heatmaps: Array, /, *, ndim: int = 2, align_corners: bool = False) -> A
     grids = coordinate_grids(xp, p, ndim, align_corners=align_corners)
     margins = marginals(xp, p, ndim)
     coords = expected_coordinates(xp, margins, grids)
-    return to_dtype(xp, coords, heatmaps.dtype)
+    return like_input(xp, coords, heatmaps)
 
 
-def heatmap_variance(heatmaps: Array, /, *, ndim: int = 2) -> Array:
+def heatmap_variance(heatmaps: ArrayT, /, *, ndim: int = 2) -> ArrayT:
     """Variance of the coordinate along each axis, in normalised units squared.
 
     Parameters
@@ -122,4 +122,4 @@ def heatmap_variance(heatmaps: Array, /, *, ndim: int = 2) -> Array:
     check_spatial(xp, heatmaps, "heatmaps", ndim)
     p = to_compute(xp, heatmaps)
     _, variances = moments(xp, marginals(xp, p, ndim), coordinate_grids(xp, p, ndim))
-    return to_dtype(xp, variances, heatmaps.dtype)
+    return like_input(xp, variances, heatmaps)

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._arrays import compute_dtype, euclidean_norm, exp_clamped, safe_where_positive, to_dtype
+from .._arrays import compute_dtype, euclidean_norm, exp_clamped, like_input, safe_where_positive, to_dtype
 from .._backends import adapter_for, device_of, namespace_of
-from .._typing import Array, Namespace
+from .._typing import Array, ArrayT, Namespace
 from .._validation import (
     REGULARIZERS,
     check_choice,
@@ -90,7 +90,7 @@ def _present(value: Array | None, what: str) -> Array:
 
 def _dot_last(xp: Namespace, a: list[Array], b: list[Array]) -> Array:
     """``sum_k sum_i a_k[..., i] * b_k[..., i]``: a separable inner product from 1-D factors."""
-    return sum(xp.sum(x * y, axis=-1) for x, y in zip(a, b))  # type: ignore[return-value]
+    return sum(xp.sum(x * y, axis=-1) for x, y in zip(a, b))
 
 
 # ------------------------------------------------------------------ forward, per regulariser
@@ -278,7 +278,7 @@ def _check(
 
 
 def dsnt_loss(
-    logits: Array,
+    logits: ArrayT,
     target: Array,
     /,
     *,
@@ -288,7 +288,7 @@ def dsnt_loss(
     mask: Array | None = None,
     ndim: int = 2,
     temperature: float = 1.0,
-) -> Array:
+) -> ArrayT:
     """The DSNT training loss from logits: mean Euclidean error plus a heatmap regulariser.
 
     ``average(euclidean_loss(soft_argmax(logits), target) + reg_weight * reg, mask)``, with
@@ -334,13 +334,13 @@ def dsnt_loss(
     kernels = select_kernels(logits)
     adapter = adapter_for(logits)
     if adapter is not None:
-        return adapter.dsnt_loss(logits, target, mask, checked, kernels=kernels)
+        return like_input(xp, adapter.dsnt_loss(logits, target, mask, checked, kernels=kernels), logits)
     loss, _ = dsnt_loss_forward(xp, logits, target, mask, checked, kernels)
-    return to_dtype(xp, loss, logits.dtype)
+    return like_input(xp, loss, logits)
 
 
 def dsnt_loss_value_and_grad(
-    logits: Array,
+    logits: ArrayT,
     target: Array,
     /,
     *,
@@ -350,7 +350,7 @@ def dsnt_loss_value_and_grad(
     mask: Array | None = None,
     ndim: int = 2,
     temperature: float = 1.0,
-) -> tuple[Array, Array]:
+) -> tuple[ArrayT, ArrayT]:
     """`dsnt_loss` and its gradient with respect to the logits, for libraries without autodiff.
 
     Parameters are those of `dsnt_loss`.
@@ -374,4 +374,4 @@ def dsnt_loss_value_and_grad(
     kernels = select_kernels(logits)
     loss, residuals = dsnt_loss_forward(xp, logits, target, mask, checked, kernels)
     grad = dsnt_loss_backward(xp, logits, target, mask, residuals, xp.ones_like(loss), checked, kernels)
-    return to_dtype(xp, loss, logits.dtype), grad
+    return like_input(xp, loss, logits), like_input(xp, grad, logits)

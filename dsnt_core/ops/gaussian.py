@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._arrays import exp_clamped, outer_product, to_compute, to_dtype
+from .._arrays import exp_clamped, like_input, outer_product, to_compute
 from .._backends import device_of, namespace_of
-from .._typing import Array, Namespace
+from .._typing import Array, ArrayT, Namespace
 from .._validation import check_floating, check_positive_finite, check_size
 from .grids import normalized_linspace
 
@@ -38,7 +38,7 @@ def log_gaussian_factors(
     return factors
 
 
-def gaussian_heatmaps(means: Array, /, size: Any, sigma: float, *, normalize: bool = True) -> Array:
+def gaussian_heatmaps(means: ArrayT, /, size: Any, sigma: float, *, normalize: bool = True) -> ArrayT:
     """Discrete Gaussians centred on ``means``, one heatmap per point.
 
     Parameters
@@ -76,4 +76,4 @@ def gaussian_heatmaps(means: Array, /, size: Any, sigma: float, *, normalize: bo
     sigma = check_positive_finite(sigma, "sigma")
     mu = to_compute(xp, means)
     factors = [xp.exp(f) for f in log_gaussian_factors(xp, mu, size, sigma, normalize=normalize)]
-    return to_dtype(xp, outer_product(xp, factors), means.dtype)
+    return like_input(xp, outer_product(xp, factors), means)

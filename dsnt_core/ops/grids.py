@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._arrays import scalar_like
+from .._arrays import like_input, scalar_like
 from .._backends import namespace_of
-from .._typing import Array, Namespace
+from .._typing import Array, ArrayT, Namespace
 from .._validation import check_floating, check_size
 
 
@@ -55,7 +55,9 @@ def normalized_linspace(
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if xp is None:
-        from array_api_compat import numpy as xp
+        from array_api_compat import numpy as numpy_namespace
+
+        xp = numpy_namespace
     if dtype is None:
         dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
     index = xp.arange(n, dtype=dtype, device=device)
@@ -69,7 +71,7 @@ def _sizes_along_coordinates(xp: Namespace, coords: Array, size: tuple[int, ...]
     return xp.stack([scalar_like(xp, float(n), coords) for n in reversed(size)])
 
 
-def pixel_to_normalized(coords: Array, /, size: Any, *, align_corners: bool = False) -> Array:
+def pixel_to_normalized(coords: ArrayT, /, size: Any, *, align_corners: bool = False) -> ArrayT:
     """Convert pixel coordinates (pixel ``j`` has its centre at ``j``) to normalised ones.
 
     Parameters
@@ -97,11 +99,12 @@ def pixel_to_normalized(coords: Array, /, size: Any, *, align_corners: bool = Fa
     size = check_size(size, "size", expected_len=coords.shape[-1])
     n = _sizes_along_coordinates(xp, coords, size)
     if align_corners:
-        return xp.where(n > 1, 2.0 * coords / xp.maximum(n - 1.0, xp.ones_like(n)) - 1.0, 0.0 * coords)
-    return (2.0 * coords + 1.0) / n - 1.0
+        normalized = xp.where(n > 1, 2.0 * coords / xp.maximum(n - 1.0, xp.ones_like(n)) - 1.0, 0.0 * coords)
+        return like_input(xp, normalized, coords)
+    return like_input(xp, (2.0 * coords + 1.0) / n - 1.0, coords)
 
 
-def normalized_to_pixel(coords: Array, /, size: Any, *, align_corners: bool = False) -> Array:
+def normalized_to_pixel(coords: ArrayT, /, size: Any, *, align_corners: bool = False) -> ArrayT:
     """Convert normalised coordinates to pixel coordinates; the inverse of `pixel_to_normalized`.
 
     Parameters
@@ -129,5 +132,5 @@ def normalized_to_pixel(coords: Array, /, size: Any, *, align_corners: bool = Fa
     size = check_size(size, "size", expected_len=coords.shape[-1])
     n = _sizes_along_coordinates(xp, coords, size)
     if align_corners:
-        return (coords + 1.0) * (n - 1.0) / 2.0
-    return ((coords + 1.0) * n - 1.0) / 2.0
+        return like_input(xp, (coords + 1.0) * (n - 1.0) / 2.0, coords)
+    return like_input(xp, ((coords + 1.0) * n - 1.0) / 2.0, coords)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-from .._arrays import euclidean_norm
+from .._arrays import euclidean_norm, like_input
 from .._backends import namespace_of
-from .._typing import Array
+from .._typing import Array, ArrayT
 from .._validation import check_floating, check_mask
 
 
-def euclidean_loss(pred: Array, target: Array, /) -> Array:
+def euclidean_loss(pred: ArrayT, target: Array, /) -> ArrayT:
     """Euclidean distance between predicted and target coordinates, per point.
 
     Parameters
@@ -36,10 +36,10 @@ def euclidean_loss(pred: Array, target: Array, /) -> Array:
         raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     if pred.ndim < 1:
         raise ValueError("pred must have shape (..., ndim), got a 0-d array")
-    return euclidean_norm(xp, pred - target)
+    return like_input(xp, euclidean_norm(xp, pred - target), pred)
 
 
-def average_loss(losses: Array, /, *, mask: Array | None = None) -> Array:
+def average_loss(losses: ArrayT, /, *, mask: Array | None = None) -> ArrayT:
     """Mean of per-point losses over the points that ``mask`` keeps.
 
     Parameters
@@ -63,8 +63,8 @@ def average_loss(losses: Array, /, *, mask: Array | None = None) -> Array:
     xp = namespace_of(losses=losses, mask=mask)
     check_floating(xp, losses, "losses")
     if mask is None:
-        return xp.mean(losses) if math.prod(losses.shape) != 0 else xp.sum(losses)
+        return like_input(xp, xp.mean(losses) if math.prod(losses.shape) != 0 else xp.sum(losses), losses)
     check_mask(xp, mask, tuple(losses.shape))
     weights = xp.astype(mask, losses.dtype)
     total = xp.sum(weights)
-    return xp.sum(losses * weights) / xp.maximum(total, xp.ones_like(total))
+    return like_input(xp, xp.sum(losses * weights) / xp.maximum(total, xp.ones_like(total)), losses)

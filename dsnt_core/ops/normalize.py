@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .._arrays import safe_where_positive, spatial_axes, spatial_size, to_compute, to_dtype
+from .._arrays import like_input, safe_where_positive, spatial_axes, spatial_size, to_compute
 from .._backends import namespace_of
-from .._typing import Array, Namespace
+from .._typing import Array, ArrayT, Namespace
 from .._validation import (
     NORMALIZATION_METHODS,
     check_choice,
@@ -51,7 +51,9 @@ def _log_sigmoid(xp: Namespace, x: Array) -> Array:
     return xp.minimum(x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
 
 
-def normalize_heatmaps(logits: Array, /, *, ndim: int = 2, method: str = "softmax", temperature: float = 1.0) -> Array:
+def normalize_heatmaps(
+    logits: ArrayT, /, *, ndim: int = 2, method: str = "softmax", temperature: float = 1.0
+) -> ArrayT:
     """Normalise logits into heatmaps that are non-negative and sum to one per heatmap.
 
     Parameters
@@ -100,10 +102,10 @@ def normalize_heatmaps(logits: Array, /, *, ndim: int = 2, method: str = "softma
         heatmaps = _normalize_weights(xp, xp.abs(z), ndim)
     else:
         heatmaps = _normalize_weights(xp, xp.maximum(z, xp.zeros_like(z)), ndim)
-    return to_dtype(xp, heatmaps, logits.dtype)
+    return like_input(xp, heatmaps, logits)
 
 
-def flat_softmax(logits: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> Array:
+def flat_softmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) -> ArrayT:
     """Softmax over the last ``ndim`` axes taken together (dsntnn's ``flat_softmax``).
 
     Parameters

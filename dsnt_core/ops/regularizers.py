@@ -13,9 +13,9 @@ The definitions and units match dsntnn, so that it is a direct oracle:
 
 from __future__ import annotations
 
-from .._arrays import outer_sum, safe_where_positive, scalar_like, spatial_axes, to_compute, to_dtype
+from .._arrays import like_input, outer_sum, safe_where_positive, scalar_like, spatial_axes, to_compute
 from .._backends import namespace_of
-from .._typing import Array, Namespace
+from .._typing import Array, ArrayT, Namespace
 from .._validation import (
     check_coordinates,
     check_floating,
@@ -58,7 +58,7 @@ def _log_gaussian(xp: Namespace, target: Array, size: tuple[int, ...], sigma: fl
     return outer_sum(xp, log_gaussian_factors(xp, target, size, sigma))
 
 
-def kl_regularizer(heatmaps: Array, target: Array, /, sigma: float) -> Array:
+def kl_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
     """``KL(heatmap || N(target, sigma^2))`` per point, in nats (dsntnn's ``kl_reg_losses``).
 
     Parameters
@@ -89,10 +89,10 @@ def kl_regularizer(heatmaps: Array, target: Array, /, sigma: float) -> Array:
     p = to_compute(xp, heatmaps)
     log_g = _log_gaussian(xp, to_compute(xp, target), tuple(p.shape[-ndim:]), sigma)
     kl = xp.sum(_x_log_x_over_y(xp, p, _safe_log(xp, p), log_g), axis=spatial_axes(ndim))
-    return to_dtype(xp, kl, heatmaps.dtype)
+    return like_input(xp, kl, heatmaps)
 
 
-def js_regularizer(heatmaps: Array, target: Array, /, sigma: float) -> Array:
+def js_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
     """Jensen-Shannon divergence between heatmaps and Gaussians, per point, in nats.
 
     ``JS(P, G) = KL(P || M) / 2 + KL(G || M) / 2`` with ``M = (P + G) / 2``
@@ -128,10 +128,10 @@ def js_regularizer(heatmaps: Array, target: Array, /, sigma: float) -> Array:
     log_m = _safe_log(xp, m)
     terms = _x_log_x_over_y(xp, p, _safe_log(xp, p), log_m) + _x_log_x_over_y(xp, g, log_g, log_m)
     js = 0.5 * xp.sum(terms, axis=spatial_axes(ndim))
-    return to_dtype(xp, js, heatmaps.dtype)
+    return like_input(xp, js, heatmaps)
 
 
-def variance_regularizer(heatmaps: Array, /, sigma: float, *, ndim: int = 2) -> Array:
+def variance_regularizer(heatmaps: ArrayT, /, sigma: float, *, ndim: int = 2) -> ArrayT:
     """Squared error between heatmap variances and ``sigma ** 2``, in pixel units, per point.
 
     ``sum_k (Var_k * (n_k / 2) ** 2 - sigma ** 2) ** 2`` (dsntnn's ``variance_reg_losses``).
@@ -164,4 +164,4 @@ def variance_regularizer(heatmaps: Array, /, sigma: float, *, ndim: int = 2) -> 
     p = to_compute(xp, heatmaps)
     _, variances = moments(xp, marginals(xp, p, ndim), coordinate_grids(xp, p, ndim))
     error = variances * pixel_variance_scale(xp, tuple(p.shape[-ndim:]), p) - sigma**2
-    return to_dtype(xp, xp.sum(error * error, axis=-1), heatmaps.dtype)
+    return like_input(xp, xp.sum(error * error, axis=-1), heatmaps)

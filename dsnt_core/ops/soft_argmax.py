@@ -12,9 +12,9 @@ autodiff; other libraries get the forward here and `soft_argmax_vjp` for trainin
 
 from __future__ import annotations
 
-from .._arrays import keep_spatial, spatial_axes, to_dtype
+from .._arrays import keep_spatial, like_input, spatial_axes, to_dtype
 from .._backends import adapter_for, namespace_of
-from .._typing import Array, Namespace
+from .._typing import Array, ArrayT, Namespace
 from .._validation import check_coordinates, check_ndim, check_positive_finite, check_spatial
 from ..kernels import Kernels, SoftArgmaxResiduals, array_api_kernels, select_kernels
 from ..kernels.array_api import scaled_logits
@@ -77,7 +77,7 @@ def _check(logits: Array, ndim: int, temperature: float) -> tuple[Namespace, int
     return xp, ndim, check_positive_finite(temperature, "temperature")
 
 
-def soft_argmax(logits: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> Array:
+def soft_argmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) -> ArrayT:
     """Expected coordinates of ``softmax(logits / temperature)``: ``dsnt(flat_softmax(logits))``.
 
     Fused: nothing of heatmap size but the logits is kept for the backward pass. Differentiable in PyTorch
@@ -111,12 +111,12 @@ def soft_argmax(logits: Array, /, *, ndim: int = 2, temperature: float = 1.0) ->
     kernels = select_kernels(logits)
     adapter = adapter_for(logits)
     if adapter is not None:
-        return adapter.soft_argmax(logits, ndim=ndim, temperature=temperature, kernels=kernels)
+        return like_input(xp, adapter.soft_argmax(logits, ndim=ndim, temperature=temperature, kernels=kernels), logits)
     coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
-    return coords
+    return like_input(xp, coords, logits)
 
 
-def soft_argmax_vjp(logits: Array, cotangent: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> Array:
+def soft_argmax_vjp(logits: ArrayT, cotangent: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> ArrayT:
     """Gradient of ``sum(cotangent * soft_argmax(logits))`` with respect to ``logits``.
 
     For libraries without autodiff (NumPy, CuPy, array-api-strict, Dask).
@@ -148,4 +148,4 @@ def soft_argmax_vjp(logits: Array, cotangent: Array, /, *, ndim: int = 2, temper
     check_coordinates(xp, cotangent, "cotangent", logits, ndim, "logits")
     kernels = select_kernels(logits)
     _, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
-    return soft_argmax_backward(xp, logits, residuals, cotangent, ndim, temperature, kernels)
+    return like_input(xp, soft_argmax_backward(xp, logits, residuals, cotangent, ndim, temperature, kernels), logits)
