@@ -132,3 +132,56 @@ def test_the_library_imports_no_application_code():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["train", "--steps", "0"], "--steps: expected an integer of at least 1, got 0"),
+        (["train", "--steps", "-5"], "--steps: expected an integer of at least 1, got -5"),
+        (["train", "--steps", "many"], "--steps: expected an integer of at least 1, got 'many'"),
+        (["train", "--seed", "-1"], "--seed: expected an integer of at least 0, got -1"),
+        (["train", "--output", "figure.txt"], "--output: expected a path ending in .png"),
+        (["demo", "--seed", "x"], "--seed: expected an integer of at least 0"),
+    ],
+)
+def test_invalid_values_are_rejected_before_any_work(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_made_stops_before_training(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib", reason="demo extra")
+    pytest.importorskip("tqdm", reason="demo extra")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--output", str(blocker / "sub" / "train.png")])
+    assert exit_info.value.code == 2
+    assert "--output: cannot create the folder" in capsys.readouterr().err
+
+
+def test_a_missing_output_folder_is_created(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib", reason="demo extra")
+    pytest.importorskip("tqdm", reason="demo extra")
+    output = tmp_path / "new" / "nested" / "train.png"
+    assert main(["train", "--steps", "1", "--output", str(output)]) == 0
+    assert output.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["bench"]])
+def test_help_is_plain_text_with_every_default(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":mod:" not in text and ":func:" not in text
+    if command == ["train"]:
+        for default in ("(default: torch)", "(default: 400)", "(default: 0)", "dsnt_train.png"):
+            assert default in text
+    if command == ["bench"]:
+        assert "(default: False)" in text and "benchmarks/results" in text

@@ -1,10 +1,19 @@
-"""The ``dsnt`` command (also ``python -m dsnt_apps``): ``demo``, ``train`` and ``bench``."""
+"""The dsnt command (also python -m dsnt_apps): demo, train and bench."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+dsnt-core's command line.
+
+  demo   the same heatmaps through every installed array library, and their agreement
+  train  a small CNN trained on synthetic keypoint images, with a PNG of the result
+  bench  the benchmark suite: dsnt-core against dsntnn, kornia and naive code
+"""
 
 
 def _require(module: str, extra: str) -> None:
@@ -13,31 +22,106 @@ def _require(module: str, extra: str) -> None:
         sys.exit(f"dsnt: this command needs {module}; install it with: pip install 'dsnt-core[{extra}]'")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0 (a random seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {value}")
+    return value
+
+
+def _png_path(text: str) -> Path:
+    """An argparse type: a ``.png`` file path whose folder exists or can be created."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"expected a path ending in .png, got {text!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file path, got the folder {text!r}")
+    return path
+
+
+def _ensure_folder(parser: argparse.ArgumentParser, folder: Path, option: str) -> None:
+    """Create ``folder`` (and its parents) before any work, or stop with a usage error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"{option}: cannot create the folder {str(folder)!r}: {error.strerror}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dsnt`` command, with help text and defaults for every option.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser; ``main`` runs what it parses.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["train", "--steps", "5"]).steps
+    5
+    """
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="dsnt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,bench}")
+    demo = commands.add_parser(
+        "demo", help="the same heatmaps through every installed array library", formatter_class=formatter
+    )
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of the heatmaps")
+    train = commands.add_parser(
+        "train", help="train a small CNN on synthetic keypoint images", formatter_class=formatter
+    )
+    train.add_argument("--framework", choices=["torch", "jax"], default="torch", help="the framework to train with")
+    train.add_argument("--steps", type=_positive_int, default=400, help="optimisation steps (at least 1)")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of the data and the weights")
+    train.add_argument(
+        "--output", type=_png_path, default=Path("dsnt_train.png"), help="PNG with images, heatmaps and points"
+    )
+    bench = commands.add_parser("bench", help="run the benchmark suite", formatter_class=formatter)
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions and shapes")
+    bench.add_argument(
+        "--output-dir", type=Path, default=Path("benchmarks/results"), help="folder for results.md, .json and .png"
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``dsnt`` command.
 
+    Every argument is checked, and output folders are created, before any work starts.
+
     Parameters
     ----------
-    argv
+    argv : list of str, optional
         The arguments after the program name; ``None`` reads ``sys.argv``.
 
     Returns
     -------
     int
         The exit status: 0 on success, 1 if ``demo`` finds libraries that disagree.
+
+    Examples
+    --------
+    >>> main(["demo"])  # doctest: +SKIP
+    0
     """
-    parser = argparse.ArgumentParser(prog="dsnt", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="the same heatmaps through every installed array library")
-    demo.add_argument("--seed", type=int, default=0)
-    train_parser = commands.add_parser("train", help="train a small CNN on synthetic keypoint images")
-    train_parser.add_argument("--framework", choices=["torch", "jax"], default="torch")
-    train_parser.add_argument("--steps", type=int, default=400)
-    train_parser.add_argument("--seed", type=int, default=0)
-    train_parser.add_argument("--output", default="dsnt_train.png", help="PNG with images, heatmaps and points")
-    bench = commands.add_parser("bench", help="run the benchmark suite")
-    bench.add_argument("--quick", action="store_true", help="fewer repetitions and shapes")
-    bench.add_argument("--output-dir", default="benchmarks/results")
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -49,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         _require(args.framework, args.framework)
         _require("matplotlib", "demo")
         _require("tqdm", "demo")
+        _ensure_folder(parser, args.output.parent, "--output")
         from .training import train
 
-        train(framework=args.framework, steps=args.steps, seed=args.seed, output=args.output)
+        train(framework=args.framework, steps=args.steps, seed=args.seed, output=str(args.output))
         return 0
     _require("torch", "torch")
+    _ensure_folder(parser, args.output_dir, "--output-dir")
     from dsnt_benchmarks import run_suite
 
     run_suite(output_dir=args.output_dir, quick=args.quick)
