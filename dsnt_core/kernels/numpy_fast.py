@@ -63,10 +63,31 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-@functools.cache
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="dsnt-numpy")
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The helper threads of this process (made on first use, once per size)."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="dsnt-numpy")
+        return pool
+
+
+def _forget_pools_after_fork() -> None:
+    """In a forked child the parent's threads do not exist: start with no pool and a fresh lock.
+
+    A pool inherited across ``fork`` believes its idle threads are still there and would
+    wait for them forever (a DataLoader worker, a ``multiprocessing`` fork child).
+    """
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 _scratch = threading.local()
 

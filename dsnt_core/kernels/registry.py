@@ -65,6 +65,15 @@ def _initial_choice() -> str:
 
 
 _lock = threading.Lock()
+
+
+def _fresh_lock_after_fork() -> None:
+    """A forked child gets a fresh lock: another thread of the parent may have held this one."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
 _process_choice = _initial_choice()
 # A thread-local rather than a ContextVar: torch.compile traces attribute reads of it.
 _scoped = threading.local()
