@@ -97,6 +97,11 @@ def safe_where_positive(xp: Namespace, x: Array, fallback: float) -> Array:
     return xp.where(x > 0, x, scalar_like(xp, fallback, x))
 
 
+def nonzero_or(xp: Namespace, x: Array, fallback: float) -> Array:
+    """``x`` where ``x != 0``, ``fallback`` where it is 0; NaN stays NaN (a double-``where`` half)."""
+    return xp.where(x != 0, x, scalar_like(xp, fallback, x))
+
+
 def exp_clamped(xp: Namespace, x: Array) -> Array:
     """``exp(max(x, log(smallest normal) + 1))``: never a subnormal result (NaN stays NaN).
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from .._arrays import (
     compute_dtype,
     keep_spatial,
+    nonzero_or,
     outer_product,
     outer_sum,
-    safe_where_positive,
     scalar_like,
     spatial_axes,
     spatial_size,
@@ -101,13 +101,13 @@ class ArrayAPIKernels:
         peak, shifted, exp_shifted = shifted_exp(xp, u, ndim)
         raw_margins = expectation.marginals(xp, exp_shifted, ndim)
         total = xp.sum(raw_margins[0], axis=-1)  # from a marginal: no extra pass over the heatmaps
-        has_mass = total > 0
-        inv_total = xp.where(has_mass, 1.0 / safe_where_positive(xp, total, 1.0), 0.0 * total)
+        has_mass = total != 0  # False only for an all -inf heatmap; NaN (a NaN or +inf logit) stays NaN below
+        inv_total = xp.where(has_mass, 1.0 / nonzero_or(xp, total, 1.0), 0.0 * total)
         margins = tuple(
             xp.where(has_mass[..., None], margin * inv_total[..., None], 1.0 / u.shape[-1 - k])
             for k, margin in enumerate(raw_margins)
         )
-        log_total = xp.log(safe_where_positive(xp, total, 1.0))
+        log_total = xp.log(nonzero_or(xp, total, 1.0))
         lse = xp.reshape(peak, total.shape) + log_total
         neg_entropy = m_log_m = p_log_m = None
         if entropy:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .._arrays import like_input, safe_where_positive, spatial_axes, spatial_size, to_compute
+import math
+
+from .._arrays import like_input, nonzero_or, safe_where_positive, spatial_axes, spatial_size, to_compute
 from .._backends import namespace_of
 from .._typing import Array, ArrayT, Namespace
 from .._validation import (
@@ -18,23 +20,25 @@ def _normalize_weights(xp: Namespace, weights: Array, ndim: int) -> Array:
     """Divide non-negative weights by their sum; a heatmap with no mass becomes uniform.
 
     The weights are first scaled by their maximum, so huge values cannot overflow the sum.
+    A NaN or infinite weight makes its heatmap NaN.
     """
     axes = spatial_axes(ndim)
     peak = xp.max(weights, axis=axes, keepdims=True)
     scaled = weights / safe_where_positive(xp, peak, 1.0)
     total = xp.sum(scaled, axis=axes, keepdims=True)
     uniform = 1.0 / spatial_size(weights, ndim)
-    return xp.where(total > 0, scaled / safe_where_positive(xp, total, 1.0), uniform)
+    return xp.where(total == 0, uniform, scaled / nonzero_or(xp, total, 1.0))
 
 
 def shifted_exp(xp: Namespace, log_weights: Array, ndim: int) -> tuple[Array, Array, Array]:
     """``(peak, shifted, exp(shifted))`` with ``shifted = log_weights - peak``.
 
     ``peak`` is the maximum over the spatial axes (kept dims), replaced by 0 for a heatmap
-    that is entirely ``-inf`` so that no ``-inf - -inf`` NaN appears.
+    that is entirely ``-inf`` so that no ``-inf - -inf`` NaN appears. A heatmap with a NaN
+    keeps a NaN peak (and a ``+inf`` one gives ``inf - inf``), so it comes out NaN.
     """
     peak = xp.max(log_weights, axis=spatial_axes(ndim), keepdims=True)
-    peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
+    peak = xp.where(peak == -math.inf, xp.zeros_like(peak), peak)
     shifted = log_weights - peak
     return peak, shifted, xp.exp(shifted)
 
@@ -43,7 +47,7 @@ def _softmax(xp: Namespace, log_weights: Array, ndim: int) -> Array:
     _, _, exp_shifted = shifted_exp(xp, log_weights, ndim)
     total = xp.sum(exp_shifted, axis=spatial_axes(ndim), keepdims=True)
     uniform = 1.0 / spatial_size(log_weights, ndim)
-    return xp.where(total > 0, exp_shifted / safe_where_positive(xp, total, 1.0), uniform)
+    return xp.where(total == 0, uniform, exp_shifted / nonzero_or(xp, total, 1.0))
 
 
 def _log_sigmoid(xp: Namespace, x: Array) -> Array:
@@ -111,6 +115,7 @@ def flat_softmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) 
     Parameters
     ----------
     logits : array of shape (..., *spatial)
+        Unnormalised scores; the last ``ndim`` axes are spatial.
     ndim : int
         Number of spatial axes (1, 2 or 3).
     temperature : float
@@ -119,6 +124,7 @@ def flat_softmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) 
     Returns
     -------
     array of the same shape and dtype as ``logits``
+        Heatmaps: non-negative, summing to one over the spatial axes.
 
     Examples
     --------
