@@ -113,7 +113,7 @@ def _heatmaps(logits: torch.Tensor, ndim: int) -> torch.Tensor:
     return u.reshape(-1, *((1,) * (3 - ndim)), *spatial).contiguous()
 
 
-def _per_heatmap(vectors: Sequence[torch.Tensor], u: torch.Tensor, batch: tuple, fill: float) -> list[torch.Tensor]:
+def _per_heatmap(vectors: Sequence[Any], u: torch.Tensor, batch: tuple, fill: float) -> list[torch.Tensor]:
     """Per-axis vectors (x, y[, z]) as (N, n) contiguous tensors; missing axes get ``fill``."""
     n, lengths = u.shape[0], (u.shape[3], u.shape[2], u.shape[1])
     result = []
@@ -125,7 +125,7 @@ def _per_heatmap(vectors: Sequence[torch.Tensor], u: torch.Tensor, batch: tuple,
     return [v.to(u.dtype).contiguous() for v in result]
 
 
-def _per_heatmap_numbers(values: torch.Tensor, u: torch.Tensor, batch: tuple) -> torch.Tensor:
+def _per_heatmap_numbers(values: Any, u: torch.Tensor, batch: tuple) -> torch.Tensor:
     """Per-heatmap numbers (``lse``, ``coef``) as an (N,) contiguous tensor in the compute dtype."""
     return torch.broadcast_to(values, batch).reshape(u.shape[0]).to(u.dtype).contiguous()
 
@@ -138,7 +138,7 @@ def _native_kinds() -> dict[DivergenceKind | None, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _grids(spatial: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _grids(spatial: tuple[int, ...], dtype: torch.dtype) -> tuple[Any, ...]:
     with torch.inference_mode(False):  # ordinary tensors, even when first asked for under inference mode
         shaped = torch.empty((), dtype=dtype).expand(spatial)  # shape and dtype only, no storage
         return ArrayAPIKernels().coordinate_grids(torch_namespace, shaped, len(spatial))

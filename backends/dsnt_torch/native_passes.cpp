@@ -156,7 +156,9 @@ struct Layout {
   int64_t axis(int k) const { return k == 0 ? w : k == 1 ? h : d; }
 };
 
+// Name and shape of the per-axis vectors, x first.
 constexpr std::array<const char*, 3> kAxisNames = {"x", "y", "z"};
+constexpr std::array<const char*, 3> kAxisShapes = {"(N, W)", "(N, H)", "(N, D)"};
 
 const char* kind_name(DivergenceKind kind) {
   switch (kind) {
@@ -180,6 +182,12 @@ std::string dtype_name(at::ScalarType type) {
       return "float16";
     case at::kBFloat16:
       return "bfloat16";
+    case at::kLong:
+      return "int64";
+    case at::kInt:
+      return "int32";
+    case at::kBool:
+      return "bool";
     default:
       return c10::toString(type);
   }
@@ -200,7 +208,7 @@ Layout check_heatmaps(const char* pass, const at::Tensor& logits) {
 void check_like_logits(const char* pass, const std::string& name, const at::Tensor& tensor,
                        at::IntArrayRef expected_shape, const char* shape_meaning, const at::Tensor& logits) {
   TORCH_CHECK(tensor.device().is_cpu(), pass, ": ", name, " must be a CPU tensor, got device ", tensor.device());
-  TORCH_CHECK(tensor.sizes() == expected_shape, pass, ": ", name, " must have shape ", expected_shape, " ",
+  TORCH_CHECK(tensor.sizes() == expected_shape, pass, ": ", name, " must have shape ", expected_shape, " = ",
               shape_meaning, ", got ", tensor.sizes());
   TORCH_CHECK(tensor.scalar_type() == logits.scalar_type(), pass, ": ", name, " must have the dtype of logits (",
               dtype_name(logits.scalar_type()), "), got ", dtype_name(tensor.scalar_type()));
@@ -212,9 +220,8 @@ void check_per_axis(const char* pass, const char* name, const std::vector<at::Te
                     const at::Tensor& logits) {
   TORCH_CHECK(vectors.size() == 3, pass, ": ", name, " must hold 3 tensors (x, y, z), got ", vectors.size());
   for (int k = 0; k < 3; ++k) {
-    const std::string meaning = std::string("(N, length of axis ") + kAxisNames[k] + ")";
     check_like_logits(pass, std::string(name) + "[" + std::to_string(k) + "] (" + kAxisNames[k] + ")", vectors[k],
-                      {l.n, l.axis(k)}, meaning.c_str(), logits);
+                      {l.n, l.axis(k)}, kAxisShapes[k], logits);
   }
 }
 
@@ -475,7 +482,7 @@ at::Tensor gradient_map(const at::Tensor& logits, double inv_temperature, const 
         break;
     }
   });
-  TORCH_CHECK(result.defined(), pass, ": unknown divergence kind ", static_cast<int>(kind));  // unreachable
+  TORCH_CHECK(result.defined(), pass, ": unknown divergence kind ", static_cast<int>(kind));
   return result;
 }
 
