@@ -15,7 +15,19 @@ from dsnt_core import dsnt_loss_value_and_grad, soft_argmax, soft_argmax_vjp
 
 
 def gpu_available() -> bool:
-    """Whether CuPy is installed and sees at least one usable GPU."""
+    """Whether CuPy is installed and sees at least one usable GPU.
+
+    Returns
+    -------
+    bool
+        ``True`` when CuPy arrays can be made here.
+
+    Examples
+    --------
+    >>> import dsnt_cupy
+    >>> isinstance(dsnt_cupy.gpu_available(), bool)
+    True
+    """
     try:
         import cupy
 

@@ -86,6 +86,22 @@ _dsnt_loss.defjvp(_dsnt_loss_jvp, symbolic_zeros=True)
 def soft_argmax(logits: jax.Array, *, ndim: int, temperature: float, kernels: Kernels) -> jax.Array:
     """Fused soft-argmax with the core's gradient rule (inputs already validated).
 
+    Parameters
+    ----------
+    logits : jax.Array of shape (..., *spatial)
+        Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    temperature : float
+        Softmax temperature.
+    kernels : Kernels
+        The kernel implementation for the call.
+
+    Returns
+    -------
+    jax.Array of shape (..., ndim)
+        Normalised coordinates in (x, y[, z]) order, in the logits' dtype.
+
     Examples
     --------
     >>> import jax.numpy as jnp
@@ -98,7 +114,36 @@ def soft_argmax(logits: jax.Array, *, ndim: int, temperature: float, kernels: Ke
 
 
 def dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions, *, kernels: Kernels) -> Any:
-    """Fused DSNT loss with the core's gradient rule (inputs already validated)."""
+    """Fused DSNT loss with the core's gradient rule (inputs already validated).
+
+    Parameters
+    ----------
+    logits : jax.Array of shape (..., *spatial)
+        Unnormalised heatmaps, one per point; the last ``ndim`` axes are spatial.
+    target : jax.Array of shape (..., ndim)
+        Target coordinates, normalised pixel-centre convention, (x, y[, z]) order.
+    mask : jax.Array of shape (...) or None
+        Boolean or float weights of the points.
+    options : LossOptions
+        The loss's static options (``sigma``, ``regularizer``...).
+    kernels : Kernels
+        The kernel implementation for the call.
+
+    Returns
+    -------
+    jax.Array
+        The 0-d loss, in the logits' dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from dsnt_jax import adapter
+    >>> from dsnt_core.kernels import array_api_kernels
+    >>> from dsnt_core.ops.dsnt_loss import LossOptions
+    >>> logits, target = jnp.zeros((1, 4, 4)), jnp.zeros((1, 2))  # uniform heatmap, centred target
+    >>> float(adapter.dsnt_loss(logits, target, None, LossOptions(regularizer=None), kernels=array_api_kernels()))
+    0.0
+    """
     return _dsnt_loss(logits, target, mask, options, kernels)
 
 

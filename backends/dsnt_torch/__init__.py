@@ -15,7 +15,15 @@ from .modules import DSNTHead, DSNTLoss
 
 
 def use_native_kernels(enabled: bool = True) -> None:
-    """Alias of ``dsnt_core.use_kernels("torch-native")`` (``"auto"`` when ``enabled`` is false).
+    """Choose the native CPU kernels for the whole process, or go back to the automatic choice.
+
+    The same as ``dsnt_core.use_kernels("torch-native")``, or ``dsnt_core.use_kernels("auto")``
+    when ``enabled`` is false.
+
+    Parameters
+    ----------
+    enabled : bool
+        Choose them, or the automatic choice.
 
     Examples
     --------
@@ -26,7 +34,15 @@ def use_native_kernels(enabled: bool = True) -> None:
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
-    """Alias of ``dsnt_core.use_kernels("torch-compile")`` (``"auto"`` when ``enabled`` is false).
+    """Choose the ``torch.compile`` kernels for the whole process, or go back to the automatic choice.
+
+    The same as ``dsnt_core.use_kernels("torch-compile")``, or ``dsnt_core.use_kernels("auto")``
+    when ``enabled`` is false.
+
+    Parameters
+    ----------
+    enabled : bool
+        Choose them, or the automatic choice.
 
     Examples
     --------
@@ -43,6 +59,17 @@ def build_native_kernels() -> None:
     ------
     RuntimeError
         If they cannot be built here, with the compiler's reason.
+
+    Examples
+    --------
+    >>> import dsnt_torch
+    >>> try:
+    ...     dsnt_torch.build_native_kernels()  # about 30 s the first time on a machine
+    ... except RuntimeError:  # no C++ compiler here: the automatic choice stays
+    ...     pass
+    ... else:
+    ...     dsnt_torch.use_native_kernels()
+    >>> dsnt_torch.use_native_kernels(False)  # back to the automatic choice
     """
     native.extension()
 

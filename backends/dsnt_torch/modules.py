@@ -56,6 +56,21 @@ class DSNTHead(torch.nn.Module):
         self.ndim, self.temperature, self.return_heatmaps = ndim, temperature, return_heatmaps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The coordinates of ``x`` (and its heatmaps, with ``return_heatmaps``).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Features of shape (batch, in_channels, *spatial) when the head has a convolution,
+            else logits of shape (..., *spatial).
+
+        Returns
+        -------
+        coords : torch.Tensor of shape (..., ndim)
+            Normalised coordinates in (x, y[, z]) order, one per logit map.
+        heatmaps : torch.Tensor
+            The normalised heatmaps, of the logits' shape; only with ``return_heatmaps``.
+        """
         logits = self.to_logits(x) if self.to_logits is not None else x
         coords = dsnt_core.soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
         if not self.return_heatmaps:
@@ -66,6 +81,19 @@ class DSNTHead(torch.nn.Module):
 
 class DSNTLoss(torch.nn.Module):
     """The DSNT loss from logits, `dsnt_core.dsnt_loss`, as a module.
+
+    Parameters
+    ----------
+    sigma : float
+        Target standard deviation of the heatmaps, in pixels.
+    regularizer : {"js", "kl", "var", None}
+        Which regulariser to add.
+    reg_weight : float
+        Its weight.
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    temperature : float
+        Softmax temperature.
 
     Examples
     --------
@@ -97,4 +125,20 @@ class DSNTLoss(torch.nn.Module):
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of ``logits`` against ``target``.
+
+        Parameters
+        ----------
+        logits : torch.Tensor of shape (..., *spatial)
+            Unnormalised heatmaps, one per point; the last ``ndim`` axes are spatial.
+        target : torch.Tensor of shape (..., ndim)
+            Target coordinates, normalised pixel-centre convention, (x, y[, z]) order.
+        mask : torch.Tensor of shape (...), optional
+            Boolean or float weights of the points.
+
+        Returns
+        -------
+        torch.Tensor
+            The 0-d loss, in the logits' dtype.
+        """
         return dsnt_core.dsnt_loss(logits, target, mask=mask, **self.options)

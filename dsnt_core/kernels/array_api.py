@@ -65,23 +65,83 @@ class ArrayAPIKernels:
     automatic = True
 
     def unavailable_reason(self) -> str | None:
-        """Always available: it needs nothing beyond the array's own library."""
+        """Why it cannot run on this machine: never, it needs nothing beyond the array's own library.
+
+        Returns
+        -------
+        None
+            Always.
+        """
         return None
 
     def applies_to(self, logits: Array) -> bool:
-        """Every array."""
+        """Whether it can take these logits: every array can.
+
+        Parameters
+        ----------
+        logits : array
+            The logits of a call.
+
+        Returns
+        -------
+        bool
+            Always ``True``.
+        """
         return True
 
     def wrap_rule(self, rule: Rule) -> Rule:
-        """The rule as it is."""
+        """The rule as it is.
+
+        Parameters
+        ----------
+        rule : callable
+            A forward or backward rule of the fused operations.
+
+        Returns
+        -------
+        callable
+            ``rule`` itself.
+        """
         return rule
 
     def coordinate_grids(self, xp: Namespace, logits: Array, ndim: int) -> tuple[Array, ...]:
-        """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype."""
+        """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+
+        Returns
+        -------
+        tuple of array
+            One 1-D grid of length n_k per axis, x first.
+        """
         return tuple(expectation.coordinate_grids(xp, logits, ndim, dtype=compute_dtype(xp, logits.dtype)))
 
     def softmax_moments(self, xp: Namespace, logits: Array, ndim: int, temperature: float) -> SoftArgmaxResiduals:
-        """Log-sum-exp and expected coordinates, from the marginals of `softmax_statistics`."""
+        """Log-sum-exp and expected coordinates, from the marginals of `softmax_statistics`.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+
+        Returns
+        -------
+        SoftArgmaxResiduals
+            ``lse`` and ``mu`` of ``P = softmax(logits / T)``, in the compute dtype.
+        """
         stats = self.softmax_statistics(xp, logits, ndim, temperature)
         mu = expectation.expected_coordinates(xp, list(stats.margins), list(self.coordinate_grids(xp, logits, ndim)))
         return SoftArgmaxResiduals(stats.lse, mu)
@@ -96,7 +156,28 @@ class ArrayAPIKernels:
         entropy: bool = False,
         mixture: Sequence[Array] | None = None,
     ) -> SoftmaxStatistics:
-        """Log-sum-exp and marginals (and entropy and JS sums on request) from one shifted ``exp``."""
+        """Log-sum-exp and marginals (and entropy and JS sums on request) from one shifted ``exp``.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+        entropy : bool
+            Also compute ``neg_entropy``.
+        mixture : sequence of array, optional
+            The 1-D factors of ``Q``, x first: also compute ``m_log_m`` and ``p_log_m``.
+
+        Returns
+        -------
+        SoftmaxStatistics
+            The statistics of ``P = softmax(logits / T)``; the fields not asked for are ``None``.
+        """
         u = scaled_logits(xp, logits, temperature)
         peak, shifted, exp_shifted = shifted_exp(xp, u, ndim)
         raw_margins = expectation.marginals(xp, exp_shifted, ndim)
@@ -135,7 +216,30 @@ class ArrayAPIKernels:
         ndim: int,
         temperature: float,
     ) -> Array:
-        """``P * (outer_sum(per_axis) + e) / T``, with ``log P`` floored at `LOG_P_FLOOR` for the divergences."""
+        """``P * (outer_sum(per_axis) + e) / T``, with ``log P`` floored at `LOG_P_FLOOR` for the divergences.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        lse : array
+            Log-sum-exp of ``logits / T`` (the batch shape), from the forward pass.
+        per_axis : sequence of array
+            One vector of shape (..., n_k) per axis, x first.
+        divergence : Divergence or None
+            The elementwise term ``e``; ``None`` for none.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+
+        Returns
+        -------
+        array of the shape of ``logits``
+            The gradient map, in the compute dtype.
+        """
         u = scaled_logits(xp, logits, temperature)
         inner = outer_sum(xp, per_axis)
         if divergence is None:

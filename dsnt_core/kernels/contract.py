@@ -44,7 +44,14 @@ Rule = TypeVar("Rule", bound=Callable[..., object])
 
 
 class DivergenceKind(enum.Enum):
-    """Which divergence's elementwise gradient term `Kernels.gradient_map` adds."""
+    """Which divergence's elementwise gradient term `Kernels.gradient_map` adds.
+
+    Examples
+    --------
+    >>> from dsnt_core.kernels import DivergenceKind
+    >>> DivergenceKind("js")
+    <DivergenceKind.JS: 'js'>
+    """
 
     KL = "kl"
     """``coef * log P``: the gradient of ``KL(P || Q)`` with fixed ``Q``, up to the constant."""
@@ -55,8 +62,22 @@ class DivergenceKind(enum.Enum):
 class Divergence(NamedTuple):
     """The elementwise part of a gradient map.
 
-    ``coef`` has the batch shape; ``factors`` are the separable ``Q``'s 1-D factors in
-    (x, y[, z]) order, each broadcasting against (..., n_k) (JS only).
+    Parameters
+    ----------
+    kind : DivergenceKind
+        Which divergence.
+    coef : array
+        Its coefficient per heatmap (the batch shape).
+    factors : tuple of array, optional
+        The separable ``Q``'s 1-D factors in (x, y[, z]) order, each broadcasting against
+        (..., n_k) (JS only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dsnt_core.kernels import Divergence, DivergenceKind
+    >>> Divergence(DivergenceKind.KL, np.ones(3)).factors
+    ()
     """
 
     kind: DivergenceKind
@@ -67,9 +88,29 @@ class Divergence(NamedTuple):
 class SoftmaxStatistics(NamedTuple):
     """Per-heatmap statistics of ``P = softmax(logits / T)`` from `Kernels.softmax_statistics`.
 
-    ``lse`` has the batch shape, ``margins[k]`` the shape (..., n_k), x first. The optional
-    fields are ``None`` unless asked for: ``neg_entropy`` is ``sum P log P``; ``m_log_m`` and
-    ``p_log_m`` are ``sum M log M`` and ``sum P log M`` for ``M = (P + Q) / 2``.
+    The optional fields are ``None`` unless asked for.
+
+    Parameters
+    ----------
+    lse : array
+        Log-sum-exp of ``logits / T`` (the batch shape).
+    margins : tuple of array
+        The marginals of ``P``, x first; ``margins[k]`` has the shape (..., n_k).
+    neg_entropy : array, optional
+        ``sum P log P``.
+    m_log_m : array, optional
+        ``sum M log M`` for ``M = (P + Q) / 2``.
+    p_log_m : array, optional
+        ``sum P log M``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from array_api_compat import numpy as xp
+    >>> from dsnt_core.kernels import array_api_kernels
+    >>> stats = array_api_kernels().softmax_statistics(xp, np.zeros((1, 2, 4)), 2, 1.0, entropy=True)
+    >>> stats.neg_entropy.round(6).tolist(), stats.m_log_m is None
+    ([-2.079442], True)
     """
 
     lse: Array
@@ -80,7 +121,24 @@ class SoftmaxStatistics(NamedTuple):
 
 
 class SoftArgmaxResiduals(NamedTuple):
-    """What the ``soft_argmax`` rules keep besides the logits: log-sum-exp and coordinates."""
+    """What the ``soft_argmax`` rules keep besides the logits: log-sum-exp and coordinates.
+
+    Parameters
+    ----------
+    lse : array
+        Log-sum-exp of ``logits / T`` (the batch shape).
+    mu : array of shape (..., ndim)
+        The expected coordinates, x first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from array_api_compat import numpy as xp
+    >>> from dsnt_core.kernels import array_api_kernels
+    >>> residuals = array_api_kernels().softmax_moments(xp, np.zeros((1, 4, 4)), 2, 1.0)
+    >>> residuals.lse.round(6).tolist(), residuals.mu.tolist()
+    ([2.772589], [[0.0, 0.0]])
+    """
 
     lse: Array
     mu: Array
@@ -89,8 +147,23 @@ class SoftArgmaxResiduals(NamedTuple):
 class LossResiduals(NamedTuple):
     """What the ``dsnt_loss`` rules keep besides the logits, target and mask.
 
-    ``var`` is set for the variance regulariser, ``divergence`` for KL (``KL(P || Q)``) and
-    JS (``KL(P || M)``); both are ``None`` otherwise.
+    Parameters
+    ----------
+    lse : array
+        Log-sum-exp of ``logits / T`` (the batch shape).
+    mu : array of shape (..., ndim)
+        The expected coordinates, x first.
+    var : array of shape (..., ndim), optional
+        The coordinate variances; set for the variance regulariser only.
+    divergence : array, optional
+        ``KL(P || Q)`` for the KL regulariser, ``KL(P || M)`` for JS; ``None`` otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dsnt_core.kernels import LossResiduals
+    >>> LossResiduals(np.zeros(3), np.zeros((3, 2))).var is None
+    True
     """
 
     lse: Array
@@ -106,6 +179,12 @@ class Kernels(Protocol):
     Subclass `dsnt_core.kernels.ArrayAPIKernels` to replace some passes and inherit the
     others. Register a new implementation in the ``dsnt_core.kernels`` entry-point group
     (name = what ``dsnt_core.use_kernels`` takes, value = the instance).
+
+    Examples
+    --------
+    >>> from dsnt_core.kernels import Kernels, get_kernels
+    >>> isinstance(get_kernels("numpy"), Kernels)
+    True
     """
 
     name: str
@@ -118,23 +197,83 @@ class Kernels(Protocol):
     """Whether it is chosen by default (``"auto"``) for the arrays it applies to."""
 
     def unavailable_reason(self) -> str | None:
-        """Why it cannot run on this machine (a missing compiler, library or device), or ``None``."""
+        """Why it cannot run on this machine (a missing compiler, library or device).
+
+        Returns
+        -------
+        str or None
+            The reason, or ``None`` when it can run.
+        """
         ...
 
     def applies_to(self, logits: Array) -> bool:
-        """Whether it can take these logits (library, device, dtype, tracing state); cheap."""
+        """Whether it can take these logits (library, device, dtype, tracing state); cheap.
+
+        Parameters
+        ----------
+        logits : array
+            The logits of a call.
+
+        Returns
+        -------
+        bool
+            Whether this implementation runs that call.
+        """
         ...
 
     def wrap_rule(self, rule: Rule) -> Rule:
-        """The rule as this implementation runs it (e.g. compiled); the identity by default."""
+        """The rule as this implementation runs it (e.g. compiled); the identity by default.
+
+        Parameters
+        ----------
+        rule : callable
+            A forward or backward rule of the fused operations.
+
+        Returns
+        -------
+        callable
+            A function with the same signature.
+        """
         ...
 
     def coordinate_grids(self, xp: Namespace, logits: Array, ndim: int) -> tuple[Array, ...]:
-        """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype."""
+        """Pixel-centre grids of the spatial axes, (x, y[, z]) order, in the logits' compute dtype.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+
+        Returns
+        -------
+        tuple of array
+            One 1-D grid of length n_k per axis, x first.
+        """
         ...
 
     def softmax_moments(self, xp: Namespace, logits: Array, ndim: int, temperature: float) -> SoftArgmaxResiduals:
-        """Log-sum-exp (batch shape) and expected coordinates (..., ndim), in the compute dtype."""
+        """Log-sum-exp (batch shape) and expected coordinates (..., ndim), in the compute dtype.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+
+        Returns
+        -------
+        SoftArgmaxResiduals
+            ``lse`` and ``mu`` of ``P = softmax(logits / T)``.
+        """
         ...
 
     def softmax_statistics(
@@ -147,7 +286,28 @@ class Kernels(Protocol):
         entropy: bool = False,
         mixture: Sequence[Array] | None = None,
     ) -> SoftmaxStatistics:
-        """`SoftmaxStatistics` of the logits; ``mixture`` holds the 1-D factors of ``Q``, x first."""
+        """`SoftmaxStatistics` of the logits, in one sweep.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+        entropy : bool
+            Also compute ``neg_entropy``.
+        mixture : sequence of array, optional
+            The 1-D factors of ``Q``, x first: also compute ``m_log_m`` and ``p_log_m``.
+
+        Returns
+        -------
+        SoftmaxStatistics
+            The statistics of ``P = softmax(logits / T)``; the fields not asked for are ``None``.
+        """
         ...
 
     def gradient_map(
@@ -160,5 +320,28 @@ class Kernels(Protocol):
         ndim: int,
         temperature: float,
     ) -> Array:
-        """``P * (outer_sum(per_axis) + e) / T`` in the compute dtype, ``P = exp(logits / T - lse)``."""
+        """``P * (outer_sum(per_axis) + e) / T`` in the compute dtype, ``P = exp(logits / T - lse)``.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        lse : array
+            Log-sum-exp of ``logits / T`` (the batch shape), from the forward pass.
+        per_axis : sequence of array
+            One vector of shape (..., n_k) per axis, x first.
+        divergence : Divergence or None
+            The elementwise term ``e``; ``None`` for none.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+
+        Returns
+        -------
+        array of the shape of ``logits``
+            The gradient map.
+        """
         ...

@@ -159,8 +159,9 @@ class NumPyKernels(ArrayAPIKernels):
     >>> import numpy as np
     >>> from array_api_compat import numpy as xp
     >>> from dsnt_core.kernels import NumPyKernels
-    >>> NumPyKernels().softmax_moments(xp, np.zeros((1, 3, 3)), 2, 1.0).mu.tolist()
-    [[0.0, 0.0]]
+    >>> residuals = NumPyKernels().softmax_moments(xp, np.zeros((1, 3, 3)), 2, 1.0)
+    >>> residuals.lse.round(6).tolist(), np.allclose(residuals.mu, 0.0)
+    ([2.197225], True)
     """
 
     name = "numpy"
@@ -169,12 +170,41 @@ class NumPyKernels(ArrayAPIKernels):
     automatic = True
 
     def applies_to(self, logits: Array) -> bool:
-        """NumPy arrays."""
+        """Whether it can take these logits: NumPy arrays.
+
+        Parameters
+        ----------
+        logits : array
+            The logits of a call.
+
+        Returns
+        -------
+        bool
+            Whether ``logits`` is a NumPy array.
+        """
         return isinstance(logits, np.ndarray)
 
     def softmax_moments(self, xp: Namespace, logits: Array, ndim: int, temperature: float) -> SoftArgmaxResiduals:
-        """Log-sum-exp and expected coordinates; the array-API pass takes the heatmaps the
-        unshifted sum cannot represent exactly."""
+        """Log-sum-exp and expected coordinates from one ``exp`` and one matrix product per block.
+
+        The array-API pass takes the heatmaps that the unshifted sum cannot represent exactly.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+
+        Returns
+        -------
+        SoftArgmaxResiduals
+            ``lse`` and ``mu`` of ``P = softmax(logits / T)``, in the compute dtype.
+        """
         array = np.asarray(logits)  # applies_to: a NumPy array already
         spatial = tuple(array.shape[array.ndim - ndim :])
         batch = tuple(array.shape[: array.ndim - ndim])

@@ -42,10 +42,26 @@ def kernel_names() -> tuple[str, ...]:
 def get_kernels(name: str) -> Kernels:
     """The implementation called ``name`` (loading its entry point the first time).
 
+    Parameters
+    ----------
+    name : str
+        The name of an implementation in `available_kernels` (not ``"auto"``).
+
+    Returns
+    -------
+    Kernels
+        The implementation.
+
     Raises
     ------
     ValueError
         If no implementation has that name.
+
+    Examples
+    --------
+    >>> from dsnt_core.kernels import get_kernels
+    >>> get_kernels("numpy").libraries
+    ('numpy',)
     """
     if name in _BUILT_IN:
         return _BUILT_IN[name]
@@ -80,7 +96,21 @@ _scoped = threading.local()
 
 
 def current_kernels() -> str:
-    """The name chosen now: the innermost ``with use_kernels(...)`` of this thread, else the process-wide one."""
+    """The name chosen now: the innermost ``with use_kernels(...)`` of this thread, else the process-wide one.
+
+    Returns
+    -------
+    str
+        ``"auto"`` or the name of an implementation.
+
+    Examples
+    --------
+    >>> import dsnt_core
+    >>> from dsnt_core.kernels import current_kernels
+    >>> with dsnt_core.use_kernels("array-api"):
+    ...     current_kernels()
+    'array-api'
+    """
     scoped: str | None = getattr(_scoped, "choice", None)
     return _process_choice if scoped is None else scoped
 
@@ -151,18 +181,34 @@ class use_kernels:  # noqa: N801 - a function to the user, a class to be a conte
 
 @dataclass(frozen=True)
 class KernelInfo:
-    """One kernel implementation as `available_kernels` reports it."""
+    """One kernel implementation as `available_kernels` reports it.
+
+    Parameters
+    ----------
+    name : str
+        What `use_kernels` takes.
+    description : str
+        What it is and what it runs on.
+    libraries : tuple of str
+        The array libraries it serves; empty for all.
+    available : bool
+        Whether it can run here.
+    reason : str
+        Why not, when it cannot (empty when it can).
+
+    Examples
+    --------
+    >>> import dsnt_core
+    >>> info = dsnt_core.available_kernels()[0]
+    >>> info.name, info.libraries, info.available
+    ('array-api', (), True)
+    """
 
     name: str
-    """What `use_kernels` takes."""
     description: str
-    """What it is and what it runs on."""
     libraries: tuple[str, ...]
-    """The array libraries it serves; empty for all."""
     available: bool
-    """Whether it can run here."""
     reason: str
-    """Why not, when it cannot (empty when it can)."""
 
 
 def _info(name: str) -> KernelInfo:
@@ -183,6 +229,7 @@ def available_kernels() -> list[KernelInfo]:
     Returns
     -------
     list of KernelInfo
+        One record per implementation, the built-in ones first.
 
     Examples
     --------
@@ -201,7 +248,27 @@ def _automatic(logits: Array) -> Kernels:
 
 
 def select_kernels(logits: Array) -> Kernels:
-    """The implementation for a call on ``logits``: the chosen one where it applies, else the automatic one."""
+    """The implementation for a call on ``logits``: the chosen one where it applies, else the automatic one.
+
+    Parameters
+    ----------
+    logits : array
+        The logits of the call.
+
+    Returns
+    -------
+    Kernels
+        The implementation that runs the call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dsnt_core
+    >>> from dsnt_core.kernels import select_kernels
+    >>> with dsnt_core.use_kernels("auto"):  # NumPy arrays: the NumPy kernels
+    ...     select_kernels(np.zeros((4, 4))).name
+    'numpy'
+    """
     name = current_kernels()
     if name != AUTO:
         chosen = get_kernels(name)
@@ -211,5 +278,17 @@ def select_kernels(logits: Array) -> Kernels:
 
 
 def array_api_kernels() -> Kernels:
-    """The array-API implementation: the fallback every adapter may use (e.g. for double backward)."""
+    """The array-API implementation: the fallback every adapter may use (e.g. for double backward).
+
+    Returns
+    -------
+    ArrayAPIKernels
+        The built-in instance.
+
+    Examples
+    --------
+    >>> from dsnt_core.kernels import array_api_kernels
+    >>> array_api_kernels().name
+    'array-api'
+    """
     return _BUILT_IN["array-api"]

@@ -300,6 +300,7 @@ def dsnt_loss(
     Parameters
     ----------
     logits : array of shape (..., *spatial)
+        Unnormalised heatmaps, one per point; the last ``ndim`` axes are spatial.
     target : array of shape (..., ndim)
         Target coordinates, normalised pixel-centre convention, (x, y[, z]) order.
     sigma : float
@@ -317,7 +318,8 @@ def dsnt_loss(
 
     Returns
     -------
-    0-d array in the logits' dtype
+    0-d array
+        The loss, same library, device and dtype as ``logits``.
 
     Examples
     --------
@@ -353,12 +355,31 @@ def dsnt_loss_value_and_grad(
 ) -> tuple[ArrayT, ArrayT]:
     """`dsnt_loss` and its gradient with respect to the logits, for libraries without autodiff.
 
-    Parameters are those of `dsnt_loss`.
+    Parameters
+    ----------
+    logits : array of shape (..., *spatial)
+        Unnormalised heatmaps, one per point; the last ``ndim`` axes are spatial.
+    target : array of shape (..., ndim)
+        Target coordinates, normalised pixel-centre convention, (x, y[, z]) order.
+    sigma : float
+        Target standard deviation of the heatmaps, in pixels.
+    regularizer : {"js", "kl", "var", None}
+        Which regulariser to add.
+    reg_weight : float
+        Its weight.
+    mask : array of shape (...), optional
+        Boolean or float weights of the points.
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    temperature : float
+        Softmax temperature.
 
     Returns
     -------
-    loss : 0-d array in the logits' dtype
-    grad : array of the logits' shape and dtype
+    loss : 0-d array
+        The loss, as `dsnt_loss` computes it, in the logits' dtype.
+    grad : array of the same shape and dtype as ``logits``
+        Its gradient with respect to ``logits``.
 
     Examples
     --------

@@ -41,6 +41,7 @@ def normalized_linspace(
     Returns
     -------
     array of shape (n,)
+        The coordinates in increasing order.
 
     Examples
     --------
@@ -86,6 +87,7 @@ def pixel_to_normalized(coords: ArrayT, /, size: Any, *, align_corners: bool = F
     Returns
     -------
     array of shape (..., ndim)
+        Normalised coordinates, same library, device and dtype as ``coords``.
 
     Examples
     --------
@@ -119,6 +121,7 @@ def normalized_to_pixel(coords: ArrayT, /, size: Any, *, align_corners: bool = F
     Returns
     -------
     array of shape (..., ndim)
+        Pixel coordinates, same library, device and dtype as ``coords``.
 
     Examples
     --------

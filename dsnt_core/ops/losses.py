@@ -16,6 +16,7 @@ def euclidean_loss(pred: ArrayT, target: Array, /) -> ArrayT:
     Parameters
     ----------
     pred, target : arrays of shape (..., ndim)
+        Predicted and target coordinates.
 
     Returns
     -------
@@ -45,6 +46,7 @@ def average_loss(losses: ArrayT, /, *, mask: Array | None = None) -> ArrayT:
     Parameters
     ----------
     losses : array of shape (...)
+        Per-point losses, e.g. from `euclidean_loss`.
     mask : array of shape (...), optional
         Boolean or float weights; the result is ``sum(losses * mask) / max(sum(mask), 1)``
         (dsntnn's ``average_loss``), so an empty mask gives 0.
@@ -52,6 +54,7 @@ def average_loss(losses: ArrayT, /, *, mask: Array | None = None) -> ArrayT:
     Returns
     -------
     0-d array
+        The mean, same library, device and dtype as ``losses``.
 
     Examples
     --------

@@ -110,6 +110,7 @@ def js_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
     Returns
     -------
     array of shape (...)
+        In ``[0, ln 2]``; 0 when the heatmap equals the Gaussian.
 
     Examples
     --------
@@ -148,6 +149,7 @@ def variance_regularizer(heatmaps: ArrayT, /, sigma: float, *, ndim: int = 2) ->
     Returns
     -------
     array of shape (...)
+        Non-negative; 0 when the variance along every axis is ``sigma ** 2`` pixels squared.
 
     Examples
     --------

@@ -124,6 +124,7 @@ def soft_argmax_vjp(logits: ArrayT, cotangent: Array, /, *, ndim: int = 2, tempe
     Parameters
     ----------
     logits : array of shape (..., *spatial)
+        Unnormalised heatmaps; the last ``ndim`` axes are spatial.
     cotangent : array of shape (..., ndim)
         Gradient of the objective with respect to the coordinates.
     ndim : int
@@ -133,7 +134,8 @@ def soft_argmax_vjp(logits: ArrayT, cotangent: Array, /, *, ndim: int = 2, tempe
 
     Returns
     -------
-    array of the same shape and dtype as ``logits``; each heatmap's gradient sums to 0.
+    array of the same shape and dtype as ``logits``
+        The gradient; each heatmap's gradient sums to 0.
 
     Examples
     --------
