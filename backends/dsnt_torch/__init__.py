@@ -8,7 +8,7 @@ directly for the ``torch.nn.Module`` conveniences. Its kernel implementations
 
 from __future__ import annotations
 
-import dsnt_core
+from dsnt_core.kernels import set_default_kernels
 
 from . import native
 from .modules import DSNTHead, DSNTLoss
@@ -17,8 +17,8 @@ from .modules import DSNTHead, DSNTLoss
 def use_native_kernels(enabled: bool = True) -> None:
     """Choose the native CPU kernels for the whole process, or go back to the automatic choice.
 
-    The same as ``dsnt_core.use_kernels("torch-native")``, or ``dsnt_core.use_kernels("auto")``
-    when ``enabled`` is false.
+    The same as ``dsnt_core.kernels.set_default_kernels("torch-native")``, or ``"auto"`` when
+    ``enabled`` is false (`dsnt_core.use_kernels` chooses for one thread or one block).
 
     Parameters
     ----------
@@ -30,14 +30,14 @@ def use_native_kernels(enabled: bool = True) -> None:
     >>> import dsnt_torch
     >>> dsnt_torch.use_native_kernels(False)  # the default: the automatic choice
     """
-    dsnt_core.use_kernels("torch-native" if enabled else "auto")
+    set_default_kernels("torch-native" if enabled else "auto")
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
     """Choose the ``torch.compile`` kernels for the whole process, or go back to the automatic choice.
 
-    The same as ``dsnt_core.use_kernels("torch-compile")``, or ``dsnt_core.use_kernels("auto")``
-    when ``enabled`` is false.
+    The same as ``dsnt_core.kernels.set_default_kernels("torch-compile")``, or ``"auto"`` when
+    ``enabled`` is false (`dsnt_core.use_kernels` chooses for one thread or one block).
 
     Parameters
     ----------
@@ -49,7 +49,7 @@ def use_compiled_kernels(enabled: bool = True) -> None:
     >>> import dsnt_torch
     >>> dsnt_torch.use_compiled_kernels(False)  # the default: the automatic choice
     """
-    dsnt_core.use_kernels("torch-compile" if enabled else "auto")
+    set_default_kernels("torch-compile" if enabled else "auto")
 
 
 def build_native_kernels() -> None:

@@ -26,6 +26,7 @@ from .registry import (
     current_kernels,
     get_kernels,
     select_kernels,
+    set_default_kernels,
     use_kernels,
 )
 
@@ -44,5 +45,6 @@ __all__ = [
     "current_kernels",
     "get_kernels",
     "select_kernels",
+    "set_default_kernels",
     "use_kernels",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import TracebackType
 
+from .._backends import library_of, traced_by_torch_compile
 from .._typing import Array
 from .array_api import ArrayAPIKernels
 from .contract import Kernels
@@ -38,7 +39,9 @@ def kernel_names() -> tuple[str, ...]:
     return (AUTO, *_BUILT_IN, *(name for name in _registered() if name not in _BUILT_IN))
 
 
-@functools.cache
+_loaded: dict[str, Kernels] = dict(_BUILT_IN)  # a plain dict: torch.compile traces lookups in it
+
+
 def get_kernels(name: str) -> Kernels:
     """The implementation called ``name`` (loading its entry point the first time).
 
@@ -63,12 +66,12 @@ def get_kernels(name: str) -> Kernels:
     >>> get_kernels("numpy").libraries
     ('numpy',)
     """
-    if name in _BUILT_IN:
-        return _BUILT_IN[name]
-    entry = _registered().get(name)
-    if entry is None:
-        raise ValueError(f"kernels must be one of {list(kernel_names())}, got {name!r}")
-    kernels: Kernels = entry.load()
+    kernels = _loaded.get(name)
+    if kernels is None:
+        entry = _registered().get(name)
+        if entry is None:
+            raise ValueError(f"kernels must be one of {list(kernel_names())}, got {name!r}")
+        kernels = _loaded[name] = entry.load()
     return kernels
 
 
@@ -80,23 +83,53 @@ def _initial_choice() -> str:
     return AUTO
 
 
-_lock = threading.Lock()
+_default_choice = _initial_choice()
+# Each thread's own choice. A thread-local rather than a ContextVar: torch.compile traces
+# attribute reads of it.
+_thread_choice = threading.local()
 
 
-def _fresh_lock_after_fork() -> None:
-    """A forked child gets a fresh lock: another thread of the parent may have held this one."""
-    global _lock
-    _lock = threading.Lock()
+def _checked_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"kernels must be a str, one of {list(kernel_names())}, got {type(name).__name__}")
+    if name != AUTO:
+        get_kernels(name)  # ValueError for an unknown name; loads a registered one now, outside any trace
+    return name
 
 
-os.register_at_fork(after_in_child=_fresh_lock_after_fork)
-_process_choice = _initial_choice()
-# A thread-local rather than a ContextVar: torch.compile traces attribute reads of it.
-_scoped = threading.local()
+def set_default_kernels(name: str) -> None:
+    """Choose the kernel implementation for every thread that has not chosen its own.
+
+    The process-wide counterpart of `use_kernels`, which chooses for the current thread.
+    At start-up the default is ``"auto"``, or what an environment alias names
+    (``DSNT_TORCH_NATIVE=1``: ``"torch-native"``; ``DSNT_TORCH_COMPILE=1``: ``"torch-compile"``).
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"`` or the name of an implementation in `available_kernels`.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        If ``name`` is not an implementation's name.
+
+    Examples
+    --------
+    >>> from dsnt_core.kernels import current_kernels, set_default_kernels
+    >>> set_default_kernels("array-api")
+    >>> current_kernels()
+    'array-api'
+    >>> set_default_kernels("auto")
+    """
+    global _default_choice
+    _default_choice = _checked_name(name)
 
 
 def current_kernels() -> str:
-    """The name chosen now: the innermost ``with use_kernels(...)`` of this thread, else the process-wide one.
+    """The name chosen for the current thread: its own choice, else the process-wide default.
 
     Returns
     -------
@@ -111,23 +144,23 @@ def current_kernels() -> str:
     ...     current_kernels()
     'array-api'
     """
-    scoped: str | None = getattr(_scoped, "choice", None)
-    return _process_choice if scoped is None else scoped
+    chosen: str | None = getattr(_thread_choice, "name", None)
+    return _default_choice if chosen is None else chosen
 
 
 class use_kernels:  # noqa: N801 - a function to the user, a class to be a context manager too
-    """Choose the kernel implementation of the fused operations.
+    """Choose the kernel implementation of the fused operations, for the current thread.
 
-    Called on its own, the choice holds for the whole process (every thread). Used as a
-    context manager, it holds inside the block only, for the current thread, and the
-    previous choice comes back on leaving it, exception or not.
+    Called on its own, the choice holds in this thread from then on. Used as a context
+    manager, it holds inside the block only, and the thread's previous choice comes back on
+    leaving it, exception or not. Other threads are never affected: they follow their own
+    choice or the process-wide default (`dsnt_core.kernels.set_default_kernels`).
 
     The chosen implementation runs the arrays it applies to (its library, device and
     tracing state); other arrays keep the automatic choice, so one switch never breaks a
-    call. ``"auto"`` (the start) uses the NumPy kernels for NumPy arrays and the array-API
-    ones elsewhere. The environment variables ``DSNT_TORCH_NATIVE=1`` and
-    ``DSNT_TORCH_COMPILE=1`` set the starting choice to ``"torch-native"`` and
-    ``"torch-compile"``.
+    call. ``"auto"`` (the start) picks, for each array, the fastest implementation made for
+    its library and device that can run here (the NumPy kernels for NumPy arrays, the
+    array-API ones where nothing else applies).
 
     Parameters
     ----------
@@ -136,6 +169,8 @@ class use_kernels:  # noqa: N801 - a function to the user, a class to be a conte
 
     Raises
     ------
+    TypeError
+        If ``name`` is not a str.
     ValueError
         If ``name`` is not an implementation's name.
 
@@ -150,30 +185,17 @@ class use_kernels:  # noqa: N801 - a function to the user, a class to be a conte
     """
 
     def __init__(self, name: str = AUTO) -> None:
-        global _process_choice
-        if not isinstance(name, str):
-            raise TypeError(f"kernels must be a str, one of {list(kernel_names())}, got {type(name).__name__}")
-        if name != AUTO:
-            get_kernels(name)
-        self.name = name
-        self._outer_scoped: str | None = None
-        with _lock:
-            self._previous_process_choice = _process_choice
-            _process_choice = name
+        self.name = _checked_name(name)
+        self._previous: str | None = getattr(_thread_choice, "name", None)
+        _thread_choice.name = self.name
 
     def __enter__(self) -> use_kernels:
-        global _process_choice
-        with _lock:  # a scoped choice after all: the process-wide one goes back to what it was
-            if _process_choice == self.name:
-                _process_choice = self._previous_process_choice
-        self._outer_scoped = getattr(_scoped, "choice", None)
-        _scoped.choice = self.name
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        _scoped.choice = self._outer_scoped
+        _thread_choice.name = self._previous
 
     def __repr__(self) -> str:
         return f"use_kernels({self.name!r})"
@@ -240,8 +262,36 @@ def available_kernels() -> list[KernelInfo]:
     return [_info(name) for name in kernel_names() if name != AUTO]
 
 
+_automatic_by_library: dict[str, tuple[Kernels, ...]] = {}  # a plain dict, as _loaded
+
+
+def _automatic_candidates(library: str) -> tuple[Kernels, ...]:
+    """The automatic implementations made for ``library``, built-in ones last.
+
+    Registered implementations follow the naming rule ``"<library>-<name>"`` (``"torch-triton"``),
+    so only those of the array's own library are loaded. Loading reads entry points, which a
+    ``torch.compile`` trace cannot do: inside one, a library not seen before gets the built-in
+    implementations only.
+    """
+    candidates = _automatic_by_library.get(library)
+    if candidates is None:
+        if traced_by_torch_compile():
+            return tuple(_BUILT_IN.values())
+        registered = []
+        for name in _registered():
+            if name.startswith(f"{library}-") and name not in _BUILT_IN:
+                try:
+                    kernels = get_kernels(name)
+                except Exception:  # a registered package that fails to import is skipped (available_kernels says why)
+                    continue
+                if kernels.automatic:
+                    registered.append(kernels)
+        candidates = _automatic_by_library[library] = (*registered, *_BUILT_IN.values())
+    return candidates
+
+
 def _automatic(logits: Array) -> Kernels:
-    for kernels in _BUILT_IN.values():
+    for kernels in _automatic_candidates(library_of(logits)):
         if kernels.automatic and kernels.libraries and kernels.applies_to(logits):
             return kernels
     return _BUILT_IN["array-api"]
