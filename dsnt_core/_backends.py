@@ -132,7 +132,8 @@ def load_adapters_of_imported_libraries() -> None:
             _load_adapter(library)
 
 
-def _traced_by_torch_compile() -> bool:
+def traced_by_torch_compile() -> bool:
+    """Whether ``torch.compile`` is tracing the current call (never imports torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and bool(torch.compiler.is_compiling())
 
@@ -155,6 +156,6 @@ def adapter_for(x: object) -> Adapter | None:
         return None
     if library in _adapters:
         return _adapters[library]
-    if _traced_by_torch_compile():
+    if traced_by_torch_compile():
         return None
     return _load_adapter(library)
