@@ -2,16 +2,18 @@
 
 Everything here takes the namespace ``xp`` first and uses only the array API standard.
 Constants are made on the input's device with ``full`` (never copied from the host).
+Sizes may be symbolic (``_backends.is_symbolic_size``): the helpers that take sizes build
+arrays from them without reading their values.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
-from ._backends import device_of
-from ._typing import Array, ArrayT, DType, Namespace
+from ._backends import device_of, is_symbolic_size, is_torch_tensor, traced_by_torch_compile, traced_size_arange
+from ._typing import Array, ArrayT, Device, DType, Namespace
 
 
 def is_low_precision(xp: Namespace, dtype: DType) -> bool:
@@ -45,6 +47,60 @@ def like_input(xp: Namespace, result: Array, like: ArrayT) -> ArrayT:
 def scalar_like(xp: Namespace, value: float, like: Array) -> Array:
     """A 0-d array holding ``value`` with ``like``'s dtype, on its device (filled there)."""
     return xp.full((), value, dtype=like.dtype, device=device_of(like))
+
+
+def size_array(xp: Namespace, n: int, *, dtype: DType, device: Device) -> Array:
+    """A 0-d array holding the size ``n`` (concrete or symbolic) in ``dtype`` on ``device``.
+
+    A symbolic size stays symbolic: a SymInt and a JAX dimension expression fill the array
+    inside the traced program, and a size tensor of ``torch.jit.trace`` is cast, so that the
+    trace follows the input's shape instead of recording the value seen while tracing.
+    """
+    if is_torch_tensor(n):  # a 0-d size tensor under torch.jit.trace
+        return cast(Array, cast(Any, n).to(dtype=dtype, device=device))
+    return xp.full((), n if is_symbolic_size(n) else float(n), dtype=dtype, device=device)
+
+
+def size_arange(xp: Namespace, n: int, *, dtype: DType, device: Device) -> Array:
+    """``arange(n)`` in ``dtype`` on ``device``, for a concrete or symbolic size ``n``."""
+    if is_torch_tensor(n):  # a 0-d size tensor under torch.jit.trace
+        return traced_size_arange(cast(Array, n), dtype=dtype, device=device)
+    return xp.arange(n, dtype=dtype, device=device)
+
+
+def size_like(xp: Namespace, n: int, like: Array) -> Array:
+    """`size_array` with ``like``'s dtype and device."""
+    return size_array(xp, n, dtype=like.dtype, device=device_of(like))
+
+
+def log_size(xp: Namespace, n: int, like: Array) -> float | Array:
+    """``log(n)`` for a size ``n``: a Python float when ``n`` is concrete, else a 0-d array like ``like``.
+
+    ``math.log`` of a symbolic size would read its value: a guard on it under
+    ``torch.compile``/``torch.export``, a constant under ``torch.jit.trace``, a ``TypeError``
+    under ``jax.export``. Inside ``torch.compile`` (and strict ``torch.export``) a SymInt
+    passes for an ``int``, so there the log is always taken in the traced program.
+    """
+    if is_symbolic_size(n) or traced_by_torch_compile():
+        return cast(Array, xp.log(size_like(xp, n, like)))
+    return math.log(n)
+
+
+def is_concrete_shape(shape: Sequence[object]) -> bool:
+    """Whether no entry of ``shape`` is symbolic."""
+    return not any(is_symbolic_size(n) for n in shape)
+
+
+def mean_weights(xp: Namespace, shape: tuple[int, ...], like: Array) -> Array:
+    """An array of ``shape`` filled with ``1 / count`` (``count`` = its number of entries, at least 1).
+
+    With a symbolic ``shape`` the count is divided inside the traced program (an empty
+    array needs no guard: it has no entries to fill).
+    """
+    count = math.prod(shape)
+    if is_concrete_shape(shape):
+        return xp.full(shape, 1.0 / max(count, 1), dtype=like.dtype, device=device_of(like))
+    return xp.ones(shape, dtype=like.dtype, device=device_of(like)) / size_like(xp, count, like)
 
 
 def spatial_axes(ndim: int) -> tuple[int, ...]:

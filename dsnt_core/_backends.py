@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import array_api_compat
 
@@ -43,6 +43,99 @@ def is_torch_tensor(x: object) -> bool:
     return tensor_type is not None and isinstance(x, tensor_type)
 
 
+def is_fx_proxy(x: object) -> bool:
+    """Whether ``x`` is a ``torch.fx.Proxy``: what ``torch.fx.symbolic_trace`` hands over for a tensor or a size."""
+    fx = sys.modules.get("torch.fx")
+    return fx is not None and isinstance(x, fx.Proxy)
+
+
+def is_symbolic_size(n: object) -> bool:
+    """Whether ``n`` is a size that a tracer hands over where a Python ``int`` would be.
+
+    ``True`` for a ``torch.SymInt`` (``torch.export``, ``torch.compile``), a 0-d tensor while
+    ``torch.jit.trace`` (or the TorchScript ONNX exporter) records, a ``torch.fx.Proxy``
+    (``torch.fx.symbolic_trace``) and a JAX dimension expression (``jax.export`` with
+    symbolic shapes). Such a size has no value yet: it may only go into arithmetic and array
+    constructors, never into Python comparisons, ``int()`` or ``float()``. Concrete ints
+    (and everything else) give ``False``.
+
+    Parameters
+    ----------
+    n : object
+        A size, usually an entry of an array's ``shape``.
+
+    Returns
+    -------
+    bool
+        Whether ``n`` is symbolic.
+
+    Examples
+    --------
+    >>> from dsnt_core._backends import is_symbolic_size
+    >>> is_symbolic_size(4)
+    False
+    """
+    if isinstance(n, int):
+        return False
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(n, torch.SymInt):
+            return True
+        if isinstance(n, torch.Tensor):
+            return n.ndim == 0 and bool(torch.jit.is_tracing())
+        if is_fx_proxy(n):
+            return True
+    jax = sys.modules.get("jax")
+    export = None if jax is None else sys.modules.get("jax.export")
+    return export is not None and bool(export.is_symbolic_dim(n))
+
+
+def is_traced_number(value: object) -> bool:
+    """Whether ``value`` is a traced stand-in for a Python number (a temperature, a weight...).
+
+    ``True`` for symbolic sizes (`is_symbolic_size`), ``torch.SymFloat`` and ``torch.SymInt``
+    (``torch.compile(dynamic=True)`` and ``torch.export`` turn Python numbers into them) and a
+    0-d JAX tracer (a number passed through ``jax.jit`` as an argument). A traced number has no
+    value to check: checks of values let it through and validate concrete numbers only.
+
+    Parameters
+    ----------
+    value : object
+        A number-like argument.
+
+    Returns
+    -------
+    bool
+        Whether ``value`` is traced.
+
+    Examples
+    --------
+    >>> from dsnt_core._backends import is_traced_number
+    >>> is_traced_number(0.5)
+    False
+    """
+    if isinstance(value, (int, float)):
+        return False
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return True
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(value, jax.core.Tracer):
+        return getattr(value, "ndim", None) == 0
+    return is_symbolic_size(value)
+
+
+def traced_size_arange(n: Array, *, dtype: Any, device: Device) -> Array:
+    """``arange(n)`` for a size tensor of ``torch.jit.trace``, with ``n`` recorded as an input.
+
+    array-api-compat's ``arange`` compares its end with 0 in Python, which reads the size's
+    value while tracing (a ``TracerWarning``, and a trace that ignores the input's size);
+    ``torch.arange`` itself records the size as the end of the range.
+    """
+    torch = sys.modules["torch"]
+    return cast(Array, torch.arange(n, dtype=dtype, device=device))
+
+
 def library_of(x: object) -> str:
     """Short name of the array library of ``x``: ``"numpy"``, ``"torch"``, ``"jax"``, ``"cupy"``, ...
 
@@ -71,10 +164,18 @@ def namespace_of(**arrays: Array | None) -> Namespace:
     Raises
     ------
     TypeError
-        If an argument is not an array, or if the arrays come from different libraries.
+        If an argument is not an array (a ``torch.fx.Proxy`` included: the message says how to
+        trace around the core), or if the arrays come from different libraries.
     """
     given = {name: a for name, a in arrays.items() if a is not None}
     for name, value in given.items():
+        if is_fx_proxy(value):
+            raise TypeError(
+                f"{name} is a torch.fx Proxy: torch.fx.symbolic_trace cannot trace into dsnt_core "
+                "(a Proxy has no shape or dtype). Call it as a leaf function: the modules of dsnt_torch "
+                "(DSNTHead, DSNTLoss) do so; in your own module, call torch.fx.wrap('soft_argmax') at "
+                "module level after `from dsnt_core import soft_argmax`"
+            )
         if not is_array(value):
             raise TypeError(
                 f"{name} must be an array (NumPy, PyTorch, JAX, CuPy, Dask or any array-API "

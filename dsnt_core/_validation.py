@@ -1,11 +1,21 @@
-"""Argument checks: shapes, dtypes and Python options only, so that jit tracing is unaffected."""
+"""Argument checks: shapes, dtypes and Python options only, so that jit tracing is unaffected.
+
+Values are checked only when they are concrete. A size that a tracer hands over (a
+``torch.SymInt``, a 0-d tensor under ``torch.jit.trace``, a JAX dimension expression) and a
+traced number (``torch.SymFloat``, a JAX tracer) pass through unchecked: comparing them
+would read their values (a constant in a ``torch.jit.trace``, an error under ``jax.export``),
+and the traced program checks shapes itself when it runs. See ``_backends.is_symbolic_size``.
+Inside ``torch.compile`` a SymInt or SymFloat passes for an ``int`` or ``float``; there the
+checks are comparisons, which become guards of the compiled graph, never graph breaks.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from ._backends import is_symbolic_size, is_traced_number
 from ._typing import Array, Namespace
 
 NORMALIZATION_METHODS = ("softmax", "abs", "relu", "sigmoid")
@@ -13,7 +23,15 @@ REGULARIZERS = ("js", "kl", "var", None)
 
 
 def check_ndim(ndim: object) -> int:
-    """Validate the number of spatial axes (1, 2 or 3)."""
+    """Validate the number of spatial axes (1, 2 or 3).
+
+    ``ndim`` steers Python control flow, so a symbolic size (``target.shape[-1]`` under a
+    tracer) is made concrete: ``torch.compile`` and ``torch.export`` specialise it (a guard),
+    ``torch.jit.trace`` reads its value, and a JAX dimension expression, which has none, is a
+    ``TypeError``.
+    """
+    if is_symbolic_size(ndim):
+        ndim = _concrete_int(ndim, "ndim")
     if isinstance(ndim, bool) or not isinstance(ndim, int):
         raise TypeError(f"ndim must be an int (1, 2 or 3), got {type(ndim).__name__}")
     if ndim not in (1, 2, 3):
@@ -21,22 +39,52 @@ def check_ndim(ndim: object) -> int:
     return ndim
 
 
+def _concrete_int(n: object, name: str) -> int:
+    """The value of a symbolic size that must be concrete (it steers Python control flow)."""
+    try:
+        return int(cast(Any, n))
+    except Exception as error:  # a JAX dimension expression, a torch.fx Proxy
+        raise TypeError(
+            f"{name} must be a concrete int (it decides the program's structure), got the symbolic size {n!r}"
+        ) from error
+
+
 def check_positive_finite(value: object, name: str) -> float:
-    """Validate a positive, finite Python number such as ``sigma`` or ``temperature``."""
+    """Validate a positive, finite Python number such as ``sigma`` or ``temperature``.
+
+    A traced number (``torch.SymFloat``, a JAX tracer) is returned unchecked: it stands for
+    a float whose value the traced program does not know yet. Inside ``torch.compile`` a
+    symbolic float looks like a ``float``; the check is then made of comparisons only,
+    which become guards of the compiled graph (no graph break).
+    """
+    if is_traced_number(value):
+        return cast(float, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a positive finite Python number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
+    if not 0 < value < math.inf:  # comparisons only (no math.isfinite): traceable by torch.compile
         raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
+    return _as_float(value)
 
 
 def check_nonnegative_finite(value: object, name: str) -> float:
-    """Validate a non-negative, finite Python number such as ``reg_weight``."""
+    """Validate a non-negative, finite Python number such as ``reg_weight`` (a traced one passes unchecked)."""
+    if is_traced_number(value):
+        return cast(float, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a finite Python number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
+    if not 0 <= value < math.inf:
         raise ValueError(f"{name} must be non-negative and finite, got {value}")
-    return float(value)
+    return _as_float(value)
+
+
+def _as_float(value: float) -> float:
+    """``value`` as a float; a float is returned as it is.
+
+    Under ``torch.compile(dynamic=True)`` a Python float argument is traced as a symbolic
+    float that passes ``isinstance(value, float)``; ``float()`` of it would specialise the
+    compiled graph on its value, so it is left alone.
+    """
+    return value if type(value) is float else float(value)
 
 
 def check_choice(value: object, name: str, choices: Sequence[Any]) -> Any:
@@ -61,7 +109,7 @@ def check_spatial(xp: Namespace, x: Array, name: str, ndim: int) -> None:
         raise ValueError(
             f"{name} must have at least ndim={ndim} axes (..., {_spatial_names(ndim)}), got shape {tuple(x.shape)}"
         )
-    if any(n == 0 for n in x.shape[-ndim:]):
+    if any(not is_symbolic_size(n) and n == 0 for n in x.shape[-ndim:]):
         raise ValueError(f"{name} must have non-empty spatial axes, got shape {tuple(x.shape)}")
 
 
@@ -69,7 +117,7 @@ def check_coordinates(xp: Namespace, coords: Array, name: str, heatmaps: Array, 
     """Validate coordinates of shape (..., ndim) that belong to heatmaps of shape (..., *spatial)."""
     check_floating(xp, coords, name)
     expected = (*heatmaps.shape[: heatmaps.ndim - ndim], ndim)
-    if tuple(coords.shape) != tuple(expected):
+    if not shapes_match(tuple(coords.shape), expected):
         raise ValueError(
             f"{name} must have shape {expected} to match {heatmaps_name} of shape "
             f"{tuple(heatmaps.shape)} with ndim={ndim}, got {tuple(coords.shape)}"
@@ -82,20 +130,40 @@ def check_mask(xp: Namespace, mask: Array | None, expected_shape: tuple[int, ...
         return
     if not xp.isdtype(mask.dtype, ("bool", "integral", "real floating")):
         raise TypeError(f"mask must have a bool, integer or real floating dtype, got {mask.dtype}")
-    if tuple(mask.shape) != tuple(expected_shape):
+    if not shapes_match(tuple(mask.shape), tuple(expected_shape)):
         raise ValueError(f"mask must have shape {tuple(expected_shape)}, got {tuple(mask.shape)}")
 
 
+def _is_size(n: object) -> bool:
+    """A concrete int (not a bool) or a symbolic size."""
+    return (isinstance(n, int) and not isinstance(n, bool)) or is_symbolic_size(n)
+
+
+def shapes_match(actual: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:
+    """Whether two shapes agree: same length, and equal entries wherever both are concrete.
+
+    Symbolic entries are not compared (that would specialise a trace); the traced program
+    checks them when it runs.
+    """
+    if len(actual) != len(expected):
+        return False
+    return all(a is e or is_symbolic_size(a) or is_symbolic_size(e) or a == e for a, e in zip(actual, expected))
+
+
 def check_size(size: object, name: str, expected_len: int | None = None) -> tuple[int, ...]:
-    """Validate a spatial size: a sequence of 1 to 3 positive ints in array-axis order."""
-    if isinstance(size, int) and not isinstance(size, bool):
+    """Validate a spatial size: a sequence of 1 to 3 positive ints in array-axis order.
+
+    Entries may be symbolic sizes (``x.shape[-2:]`` under a tracer); only concrete ones are
+    checked for positivity.
+    """
+    if _is_size(size):
         size = (size,)
-    if not isinstance(size, Sequence) or not all(isinstance(n, int) and not isinstance(n, bool) for n in size):
+    if not isinstance(size, Sequence) or not all(_is_size(n) for n in size):
         raise TypeError(f"{name} must be a sequence of ints in array-axis order (..., H, W), got {size!r}")
     size = tuple(size)
-    if not 1 <= len(size) <= 3 or any(n <= 0 for n in size):
+    if not 1 <= len(size) <= 3 or any(not is_symbolic_size(n) and n <= 0 for n in size):
         raise ValueError(f"{name} must hold 1 to 3 positive ints, got {size}")
-    if expected_len is not None and len(size) != expected_len:
+    if expected_len is not None and not is_symbolic_size(expected_len) and len(size) != expected_len:
         raise ValueError(
             f"{name} must have {expected_len} entries to match the last axis of the coordinates, got {size}"
         )

@@ -6,8 +6,23 @@ implementation chosen for the call. The functions use the ``setup_context`` form
 ``generate_vmap_rule = True``, so they work with ``torch.func.grad``, ``torch.func.vmap``
 and ``torch.compile(fullgraph=True)``. Only the logits (and the small target, mask and
 per-heatmap residuals) are saved for backward. Double backward is supported: when the
-backward pass itself is differentiated (``create_graph=True``), the residuals are
-recomputed from the logits with grad enabled, on the array-API kernels.
+backward pass itself is differentiated (``create_graph=True``, or forward mode over it as
+in ``torch.func.hessian``), the residuals are recomputed from the logits with grad enabled,
+on the array-API kernels.
+
+Forward mode (``torch.func.jacfwd``, ``torch.func.hessian``, ``torch.autograd.forward_ad``)
+has its own rules (``jvp``): the core's `soft_argmax_jvp`, and for the loss ``<grad, dz>``
+with the gradient of `dsnt_loss_backward`. They recompute the residuals from the logits on the
+array-API kernels, so that a JVP can be differentiated again (forward over forward, reverse
+over forward). ``torch.compile`` cannot trace an ``autograd.Function`` that defines
+``jvp`` (a graph break), so each operation has two classes: the reverse-mode one
+(`SoftArgmaxReverseFunction`, `DsntLossReverseFunction`), which compiled code gets, and a
+subclass that adds the forward-mode rule (`SoftArgmaxFunction`, `DsntLossFunction`), which
+eager code gets.
+
+Under ``torch.jit.trace`` (and the TorchScript ONNX exporter, which traces) the forward
+pass is recorded as plain tensor operations instead: a traced ``autograd.Function`` would be
+a Python call that neither ``torch.jit.save`` nor the ONNX exporter can keep.
 """
 
 from __future__ import annotations
@@ -20,11 +35,24 @@ from array_api_compat import torch as xp
 from dsnt_core.composed import composed_dsnt_loss
 from dsnt_core.kernels import Kernels, LossResiduals, SoftArgmaxResiduals, array_api_kernels
 from dsnt_core.ops.dsnt_loss import LossOptions, dsnt_loss_backward, dsnt_loss_forward
-from dsnt_core.ops.soft_argmax import soft_argmax_backward, soft_argmax_forward
+from dsnt_core.ops.soft_argmax import soft_argmax_backward, soft_argmax_forward, soft_argmax_jvp
 
 
-class SoftArgmaxFunction(torch.autograd.Function):
-    """``soft_argmax`` with the core's rule; outputs (coords, lse, mu), the last two not differentiable."""
+def _has_forward_tangent(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` carries a forward-mode tangent (``torch.autograd.forward_ad``)."""
+    return torch.autograd.forward_ad.unpack_dual(tensor).tangent is not None
+
+
+def _differentiating_backward(logits: torch.Tensor) -> bool:
+    """Whether the backward pass is itself being differentiated (reverse or forward mode).
+
+    Then its residuals must be recomputed from the logits, so that they carry derivatives.
+    """
+    return torch.is_grad_enabled() or _has_forward_tangent(logits)
+
+
+class SoftArgmaxReverseFunction(torch.autograd.Function):
+    """``soft_argmax`` with the core's reverse-mode rule; outputs (coords, lse, mu), the last two not differentiable."""
 
     generate_vmap_rule = True
 
@@ -45,7 +73,7 @@ class SoftArgmaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_coords: torch.Tensor, _lse: Any, _mu: Any) -> Any:
         logits, lse, mu = ctx.saved_tensors
-        if torch.is_grad_enabled():  # differentiating the backward pass: residuals must depend on logits
+        if _differentiating_backward(logits):  # residuals must depend on the logits
             kernels = array_api_kernels()
             _, residuals = soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature, kernels)
             grad = soft_argmax_backward(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature, kernels)
@@ -57,20 +85,36 @@ class SoftArgmaxFunction(torch.autograd.Function):
         return grad, None, None, None
 
 
+class SoftArgmaxFunction(SoftArgmaxReverseFunction):
+    """`SoftArgmaxReverseFunction` with the forward-mode rule `soft_argmax_jvp` too."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        SoftArgmaxReverseFunction.setup_context(ctx, inputs, output)
+        # The same tensors as for backward: torch.func's generated vmap rule expects one set.
+        ctx.save_for_forward(inputs[0], *output[1:])
+
+    @staticmethod
+    def jvp(ctx: Any, d_logits: torch.Tensor, _ndim: None, _temperature: None, _kernels: None) -> Any:
+        logits = ctx.saved_tensors[0]
+        # Residuals recomputed from the logits: the JVP stays differentiable with respect to them.
+        _, residuals = soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature, array_api_kernels())
+        d_coords = soft_argmax_jvp(xp, logits, residuals, d_logits, ctx.ndim, ctx.temperature)
+        return d_coords, None, None
+
+
 def _kept_field(options: LossOptions) -> str | None:
     """The optional `LossResiduals` field that the regulariser of ``options`` sets."""
     return {"var": "var", "kl": "divergence", "js": "divergence"}.get(options.regularizer or "")
 
 
-class DsntLossFunction(torch.autograd.Function):
-    """``dsnt_loss`` with the core's rule; outputs (loss, lse, mu[, var or divergence])."""
+class DsntLossReverseFunction(torch.autograd.Function):
+    """``dsnt_loss`` with the core's reverse-mode rule; outputs (loss, lse, mu[, var or divergence])."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        logits: torch.Tensor, target: torch.Tensor, mask: Any, options: LossOptions, kernels: Kernels
-    ) -> Any:
+    def forward(logits: torch.Tensor, target: torch.Tensor, mask: Any, options: LossOptions, kernels: Kernels) -> Any:
         loss, residuals = kernels.wrap_rule(dsnt_loss_forward)(xp, logits, target, mask, options, kernels)
         field = _kept_field(options)
         kept = () if field is None else (getattr(residuals, field),)
@@ -81,28 +125,61 @@ class DsntLossFunction(torch.autograd.Function):
         logits, target, mask, options, kernels = inputs
         residuals = output[1:]
         ctx.mark_non_differentiable(*residuals)
-        ctx.has_mask = mask is not None
+        ctx.has_mask, ctx.n_residuals = mask is not None, len(residuals)
         ctx.save_for_backward(logits, target, *((mask,) if ctx.has_mask else ()), *residuals)
         ctx.options, ctx.kernels = options, kernels
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_residual_grads: Any) -> Any:
+    def _unpack(ctx: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, LossResiduals]:
+        """The saved logits, target, mask and residuals."""
         saved = list(ctx.saved_tensors)
         logits, target = saved[0], saved[1]
         mask = saved[2] if ctx.has_mask else None
         lse, mu, *kept = saved[3 if ctx.has_mask else 2 :]
+        field = _kept_field(ctx.options)
+        return logits, target, mask, LossResiduals(lse, mu, **({} if field is None else {field: kept[0]}))
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_residual_grads: Any) -> Any:
+        logits, target, mask, saved_residuals = DsntLossReverseFunction._unpack(ctx)
         options: LossOptions = ctx.options
-        if torch.is_grad_enabled():  # double backward: residuals and rule stay differentiable
+        if _differentiating_backward(logits):  # residuals and rule stay differentiable
             kernels = array_api_kernels()
             _, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
             grad = dsnt_loss_backward(xp, logits, target, mask, residuals, grad_loss, options, kernels)
         else:
             kernels = ctx.kernels
-            field = _kept_field(options)
-            residuals = LossResiduals(lse, mu, **({} if field is None else {field: kept[0]}))
             rule = kernels.wrap_rule(dsnt_loss_backward)
-            grad = rule(xp, logits, target, mask, residuals, grad_loss, options, kernels)
+            grad = rule(xp, logits, target, mask, saved_residuals, grad_loss, options, kernels)
         return grad, None, None, None, None
+
+
+class DsntLossFunction(DsntLossReverseFunction):
+    """`DsntLossReverseFunction` with a forward-mode rule too: ``d loss = <dL/dz, dz>``."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        DsntLossReverseFunction.setup_context(ctx, inputs, output)
+        logits, target, mask = inputs[:3]
+        # The same tensors as for backward: torch.func's generated vmap rule expects one set.
+        ctx.save_for_forward(logits, target, *((mask,) if ctx.has_mask else ()), *output[1:])
+
+    @staticmethod
+    def jvp(ctx: Any, d_logits: torch.Tensor, *_static: None) -> Any:
+        # d loss = <dL/dz, dz>, with the gradient from the backward rule; the residuals are
+        # recomputed from the logits on the array-API kernels, so that the result can be
+        # differentiated again. The target and mask get no tangent here: dsnt_loss takes the
+        # composed path when either requires a gradient.
+        saved = ctx.saved_tensors
+        logits, target, mask = saved[0], saved[1], saved[2] if ctx.has_mask else None
+        options: LossOptions = ctx.options
+        kernels = array_api_kernels()
+        _, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
+        one = torch.ones((), dtype=residuals.mu.dtype, device=logits.device)
+        grad = dsnt_loss_backward(xp, logits, target, mask, residuals, one, options, kernels)
+        compute = residuals.mu.dtype
+        d_loss = torch.sum(cast(torch.Tensor, grad).to(compute) * d_logits.to(compute)).to(logits.dtype)
+        return (d_loss, *(None for _ in range(ctx.n_residuals)))
 
 
 def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float, kernels: Kernels) -> torch.Tensor:
@@ -117,7 +194,11 @@ def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float, kernels:
     >>> autograd.soft_argmax(logits, ndim=2, temperature=1.0, kernels=dsnt_core.kernels.array_api_kernels())
     tensor([[0., 0.]], grad_fn=<SoftArgmaxFunctionBackward>)
     """
-    coords, _, _ = SoftArgmaxFunction.apply(logits, ndim, temperature, kernels)
+    if torch.jit.is_tracing():  # recorded as tensor operations (see the module's docstring)
+        coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, array_api_kernels())
+        return cast(torch.Tensor, coords)
+    function = SoftArgmaxReverseFunction if torch.compiler.is_compiling() else SoftArgmaxFunction
+    coords, _, _ = function.apply(logits, ndim, temperature, kernels)
     return coords
 
 
@@ -131,4 +212,8 @@ def dsnt_loss(
     """
     if target.requires_grad or (mask is not None and mask.requires_grad):
         return composed_dsnt_loss(logits, target, mask=mask, **options.as_kwargs())
-    return DsntLossFunction.apply(logits, target, mask, options, kernels)[0]
+    if torch.jit.is_tracing():  # recorded as tensor operations (see the module's docstring)
+        loss, _ = dsnt_loss_forward(xp, logits, target, mask, options, array_api_kernels())
+        return cast(torch.Tensor, loss).to(logits.dtype)
+    function = DsntLossReverseFunction if torch.compiler.is_compiling() else DsntLossFunction
+    return function.apply(logits, target, mask, options, kernels)[0]

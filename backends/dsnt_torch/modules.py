@@ -1,12 +1,36 @@
-"""``torch.nn.Module`` conveniences: a DSNT head and the DSNT loss."""
+"""``torch.nn.Module`` conveniences: a DSNT head and the DSNT loss.
+
+Both deploy through ``torch.export`` (and the ONNX exporters), ``torch.jit.trace`` and
+``torch.compile``. For ``torch.fx.symbolic_trace`` the core's functions are leaf functions
+(``torch.fx.wrap``): a traced graph calls them as single nodes, since the core cannot run on
+fx Proxies, which have no shape or dtype. TorchScript (``torch.jit.script``) cannot compile
+the core, which is Python written against the array API: scripting either module raises a
+``RuntimeError`` that names the supported routes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
-import dsnt_core
+from dsnt_core import dsnt_loss, flat_softmax, soft_argmax
+
+# Leaf functions for torch.fx.symbolic_trace: each call becomes one call_function node.
+torch.fx.wrap("soft_argmax")
+torch.fx.wrap("flat_softmax")
+torch.fx.wrap("dsnt_loss")
+
+
+def _not_scriptable(module: torch.nn.Module) -> NoReturn:
+    """Refuse ``torch.jit.script`` with the routes that work instead."""
+    raise RuntimeError(
+        f"{type(module).__name__} cannot be compiled by TorchScript (torch.jit.script): dsnt_core is Python "
+        "code written against the array API, which TorchScript cannot compile. Use torch.export.export "
+        "(the supported successor of TorchScript; also the route of torch.onnx.export(..., dynamo=True)), "
+        "or torch.jit.trace, which records the operations and follows the input's size. "
+        "See the deployment page of the documentation."
+    )
 
 
 class DSNTHead(torch.nn.Module):
@@ -25,6 +49,17 @@ class DSNTHead(torch.nn.Module):
         Softmax temperature.
     return_heatmaps : bool
         Also return the normalised heatmaps (computed only when asked for).
+
+    Raises
+    ------
+    ValueError
+        If ``in_channels`` and ``num_points`` are not given together, or ``ndim`` is not 1, 2 or 3.
+
+    Notes
+    -----
+    ``torch.jit.script`` raises a ``RuntimeError`` naming the supported routes
+    (``torch.export``, ``torch.jit.trace``); ``torch.fx.symbolic_trace`` keeps the core's
+    functions as leaf calls.
 
     Examples
     --------
@@ -55,6 +90,16 @@ class DSNTHead(torch.nn.Module):
             self.to_logits = conv(in_channels, num_points, 1)
         self.ndim, self.temperature, self.return_heatmaps = ndim, temperature, return_heatmaps
 
+    def __prepare_scriptable__(self) -> NoReturn:
+        """Called by ``torch.jit.script``: raises, naming the routes that deploy this module.
+
+        Raises
+        ------
+        RuntimeError
+            Always: TorchScript cannot compile the core.
+        """
+        _not_scriptable(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The coordinates of ``x`` (and its heatmaps, with ``return_heatmaps``).
 
@@ -72,10 +117,10 @@ class DSNTHead(torch.nn.Module):
             The normalised heatmaps, of the logits' shape; only with ``return_heatmaps``.
         """
         logits = self.to_logits(x) if self.to_logits is not None else x
-        coords = dsnt_core.soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
+        coords = soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
         if not self.return_heatmaps:
             return coords
-        heatmaps = dsnt_core.flat_softmax(logits, ndim=self.ndim, temperature=self.temperature)
+        heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=self.temperature)
         return coords, heatmaps
 
 
@@ -94,6 +139,12 @@ class DSNTLoss(torch.nn.Module):
         Number of spatial axes (1, 2 or 3).
     temperature : float
         Softmax temperature.
+
+    Notes
+    -----
+    ``torch.jit.script`` raises a ``RuntimeError`` naming the supported routes
+    (``torch.export``, ``torch.jit.trace``); ``torch.fx.symbolic_trace`` keeps the loss as
+    one leaf call.
 
     Examples
     --------
@@ -124,6 +175,16 @@ class DSNTLoss(torch.nn.Module):
             temperature=temperature,
         )
 
+    def __prepare_scriptable__(self) -> NoReturn:
+        """Called by ``torch.jit.script``: raises, naming the routes that deploy this module.
+
+        Raises
+        ------
+        RuntimeError
+            Always: TorchScript cannot compile the core.
+        """
+        _not_scriptable(self)
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of ``logits`` against ``target``.
 
@@ -141,4 +202,4 @@ class DSNTLoss(torch.nn.Module):
         torch.Tensor
             The 0-d loss, in the logits' dtype.
         """
-        return dsnt_core.dsnt_loss(logits, target, mask=mask, **self.options)
+        return dsnt_loss(logits, target, mask=mask, **self.options)

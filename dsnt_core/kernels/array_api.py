@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from .._arrays import (
     compute_dtype,
     keep_spatial,
+    log_size,
     nonzero_or,
     outer_product,
     outer_sum,
@@ -193,7 +193,7 @@ class ArrayAPIKernels:
         neg_entropy = m_log_m = p_log_m = None
         if entropy:
             expected_shift = xp.sum(exp_shifted * _floor_at_lowest(xp, shifted), axis=spatial_axes(ndim)) * inv_total
-            neg_entropy = xp.where(has_mass, expected_shift - log_total, -math.log(spatial_size(u, ndim)))
+            neg_entropy = xp.where(has_mass, expected_shift - log_total, -log_size(xp, spatial_size(u, ndim), total))
         if mixture is not None:
             p = xp.where(
                 keep_spatial(xp, has_mass, ndim),

@@ -22,8 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._arrays import compute_dtype, euclidean_norm, exp_clamped, like_input, safe_where_positive, to_dtype
-from .._backends import adapter_for, device_of, namespace_of
+from .._arrays import (
+    compute_dtype,
+    euclidean_norm,
+    exp_clamped,
+    like_input,
+    mean_weights,
+    safe_where_positive,
+    to_dtype,
+)
+from .._backends import adapter_for, namespace_of
 from .._typing import Array, ArrayT, Namespace
 from .._validation import (
     REGULARIZERS,
@@ -59,7 +67,7 @@ class LossOptions:
 def point_weights(xp: Namespace, mask: Array | None, shape: tuple[int, ...], like: Array) -> Array:
     """Weight of each point in the average: ``mask / max(sum(mask), 1)`` or ``1 / count``."""
     if mask is None:
-        return xp.full(shape, 1.0 / max(math.prod(shape), 1), dtype=like.dtype, device=device_of(like))
+        return mean_weights(xp, shape, like)
     weights = xp.astype(mask, like.dtype)
     total = xp.sum(weights)
     return weights / xp.maximum(total, xp.ones_like(total))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._arrays import like_input, scalar_like
-from .._backends import namespace_of
+from .._arrays import like_input, size_arange, size_array, size_like
+from .._backends import is_symbolic_size, namespace_of
 from .._typing import Array, ArrayT, Namespace
 from .._validation import check_floating, check_size
 
@@ -28,7 +28,9 @@ def normalized_linspace(
     Parameters
     ----------
     n : int
-        Number of pixels, at least 1.
+        Number of pixels, at least 1. It may be symbolic (a ``torch.SymInt``, a 0-d tensor
+        under ``torch.jit.trace``, a JAX dimension expression): the grid is then built from
+        ``arange(n)`` inside the traced program and follows the input's size.
     dtype : dtype, optional
         Floating dtype of the result; the namespace's default float when omitted.
     device : device, optional
@@ -51,17 +53,24 @@ def normalized_linspace(
     >>> dsnt_core.normalized_linspace(3, align_corners=True).tolist()
     [-1.0, 0.0, 1.0]
     """
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+    symbolic = is_symbolic_size(n)
+    if not symbolic:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
     if xp is None:
         from array_api_compat import numpy as numpy_namespace
 
         xp = numpy_namespace
     if dtype is None:
         dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
-    index = xp.arange(n, dtype=dtype, device=device)
+    index = size_arange(xp, n, dtype=dtype, device=device)
+    if symbolic:  # no Python branch on n: (2 j - (n - 1)) / max(n - 1, 1) is 0 for a single pixel
+        size = size_array(xp, n, dtype=dtype, device=device)
+        if align_corners:
+            return (2.0 * index - (size - 1.0)) / xp.maximum(size - 1.0, xp.ones_like(size))
+        return (2.0 * index + (1.0 - size)) / size
     if align_corners:
         return index * (2.0 / (n - 1)) - 1.0 if n > 1 else index
     return (2.0 * index + (1.0 - n)) / n
@@ -69,7 +78,7 @@ def normalized_linspace(
 
 def _sizes_along_coordinates(xp: Namespace, coords: Array, size: tuple[int, ...]) -> Array:
     """``size`` reversed into (x, y[, z]) order as an array matching ``coords``."""
-    return xp.stack([scalar_like(xp, float(n), coords) for n in reversed(size)])
+    return xp.stack([size_like(xp, n, coords) for n in reversed(size)])
 
 
 def pixel_to_normalized(coords: ArrayT, /, size: Any, *, align_corners: bool = False) -> ArrayT:

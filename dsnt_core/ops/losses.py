@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from .._arrays import euclidean_norm, like_input
-from .._backends import namespace_of
+from .._backends import is_symbolic_size, namespace_of
 from .._typing import Array, ArrayT
-from .._validation import check_floating, check_mask
+from .._validation import check_floating, check_mask, shapes_match
 
 
 def euclidean_loss(pred: ArrayT, target: Array, /) -> ArrayT:
@@ -33,7 +31,7 @@ def euclidean_loss(pred: ArrayT, target: Array, /) -> ArrayT:
     xp = namespace_of(pred=pred, target=target)
     check_floating(xp, pred, "pred")
     check_floating(xp, target, "target")
-    if tuple(pred.shape) != tuple(target.shape):
+    if not shapes_match(tuple(pred.shape), tuple(target.shape)):
         raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     if pred.ndim < 1:
         raise ValueError("pred must have shape (..., ndim), got a 0-d array")
@@ -66,7 +64,8 @@ def average_loss(losses: ArrayT, /, *, mask: Array | None = None) -> ArrayT:
     xp = namespace_of(losses=losses, mask=mask)
     check_floating(xp, losses, "losses")
     if mask is None:
-        return like_input(xp, xp.mean(losses) if math.prod(losses.shape) != 0 else xp.sum(losses), losses)
+        empty = any(not is_symbolic_size(n) and n == 0 for n in losses.shape)  # symbolic: never compared
+        return like_input(xp, xp.sum(losses) if empty else xp.mean(losses), losses)
     check_mask(xp, mask, tuple(losses.shape))
     weights = xp.astype(mask, losses.dtype)
     total = xp.sum(weights)

@@ -13,8 +13,8 @@ The definitions and units match dsntnn, so that it is a direct oracle:
 
 from __future__ import annotations
 
-from .._arrays import like_input, outer_sum, safe_where_positive, scalar_like, spatial_axes, to_compute
-from .._backends import namespace_of
+from .._arrays import like_input, outer_sum, safe_where_positive, scalar_like, size_like, spatial_axes, to_compute
+from .._backends import is_symbolic_size, namespace_of
 from .._typing import Array, ArrayT, Namespace
 from .._validation import (
     check_coordinates,
@@ -29,7 +29,15 @@ from .gaussian import log_gaussian_factors
 
 def pixel_variance_scale(xp: Namespace, spatial: tuple[int, ...], like: Array) -> Array:
     """``(n_k / 2) ** 2`` per axis in (x, y[, z]) order: normalised variances to pixel units."""
-    return xp.stack([scalar_like(xp, (n / 2.0) ** 2, like) for n in reversed(spatial)])
+    return xp.stack([_half_squared(xp, n, like) for n in reversed(spatial)])
+
+
+def _half_squared(xp: Namespace, n: int, like: Array) -> Array:
+    """``(n / 2) ** 2`` as a 0-d array like ``like``; ``n`` may be a symbolic size."""
+    if is_symbolic_size(n):
+        half = size_like(xp, n, like) / 2.0
+        return half * half
+    return scalar_like(xp, (n / 2.0) ** 2, like)
 
 
 def _regularizer_inputs(heatmaps: Array, target: Array, sigma: float) -> tuple[Namespace, int, float]:
