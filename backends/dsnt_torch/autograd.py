@@ -35,7 +35,14 @@ from array_api_compat import torch as xp
 from dsnt_core.composed import composed_dsnt_loss
 from dsnt_core.kernels import Kernels, LossResiduals, SoftArgmaxResiduals, array_api_kernels
 from dsnt_core.ops.dsnt_loss import LossOptions, dsnt_loss_backward, dsnt_loss_forward
-from dsnt_core.ops.soft_argmax import soft_argmax_backward, soft_argmax_forward, soft_argmax_jvp
+from dsnt_core.ops.soft_argmax import (
+    expected_coordinates_of,
+    soft_argmax_backward,
+    soft_argmax_backward_from_heatmap,
+    soft_argmax_forward,
+    soft_argmax_forward_keeping_heatmap,
+    soft_argmax_jvp,
+)
 
 
 def _has_forward_tangent(tensor: torch.Tensor) -> bool:
@@ -101,6 +108,56 @@ class SoftArgmaxFunction(SoftArgmaxReverseFunction):
         _, residuals = soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature, array_api_kernels())
         d_coords = soft_argmax_jvp(xp, logits, residuals, d_logits, ctx.ndim, ctx.temperature)
         return d_coords, None, None
+
+
+class SoftArgmaxKeepingHeatmapFunction(torch.autograd.Function):
+    """``soft_argmax`` keeping ``P`` (the logits' bytes) instead of the logits: a backward with no ``exp``.
+
+    Outputs (coords, mu, P): ``mu`` is not differentiable; ``P`` is, so that differentiating
+    the backward pass again (``create_graph=True``) flows through the kept ``P`` into this
+    function's own backward, as for any saved output. Used for eager reverse mode; forward
+    mode, ``torch.func`` transforms and ``torch.compile`` take the other classes.
+    """
+
+    @staticmethod
+    def forward(logits: torch.Tensor, ndim: int, temperature: float, kernels: Kernels) -> Any:
+        coords, residuals, heatmap = soft_argmax_forward_keeping_heatmap(xp, logits, ndim, temperature, kernels)
+        mu = cast(torch.Tensor, residuals.mu)
+        return coords, mu.clone() if mu is coords else mu, heatmap
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        _, ndim, temperature, kernels = inputs
+        _, mu, heatmap = output
+        ctx.mark_non_differentiable(mu)
+        ctx.set_materialize_grads(False)  # no full-size zeros for the unused cotangent of P
+        ctx.save_for_backward(heatmap, mu)
+        ctx.ndim, ctx.temperature, ctx.kernels = ndim, temperature, kernels
+
+    @staticmethod
+    def backward(ctx: Any, grad_coords: torch.Tensor | None, _mu: Any, grad_heatmap: torch.Tensor | None) -> Any:
+        heatmap, mu = ctx.saved_tensors
+        if grad_coords is None:
+            grad_coords = torch.zeros_like(mu)
+        kernels = ctx.kernels
+        if torch.is_grad_enabled():  # differentiated again: mu must depend on the kept P
+            kernels = array_api_kernels()
+            mu = expected_coordinates_of(xp, heatmap, ctx.ndim)
+        grad = soft_argmax_backward_from_heatmap(
+            xp, heatmap, mu, grad_coords, grad_heatmap, ctx.ndim, ctx.temperature, kernels
+        )
+        return grad, None, None, None
+
+
+def _keeps_heatmap(logits: torch.Tensor) -> bool:
+    """Whether ``soft_argmax`` may keep ``P`` for backward: eager reverse mode on plain tensors."""
+    return (
+        torch.is_grad_enabled()
+        and logits.requires_grad
+        and not torch.compiler.is_compiling()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(logits)
+        and not _has_forward_tangent(logits)
+    )
 
 
 def _kept_field(options: LossOptions) -> str | None:
@@ -196,6 +253,9 @@ def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float, kernels:
     """
     if torch.jit.is_tracing():  # recorded as tensor operations (see the module's docstring)
         coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, array_api_kernels())
+        return cast(torch.Tensor, coords)
+    if _keeps_heatmap(logits):
+        coords, _, _ = SoftArgmaxKeepingHeatmapFunction.apply(logits, ndim, temperature, kernels)
         return cast(torch.Tensor, coords)
     function = SoftArgmaxReverseFunction if torch.compiler.is_compiling() else SoftArgmaxFunction
     coords, _, _ = function.apply(logits, ndim, temperature, kernels)

@@ -15,6 +15,7 @@ from .._arrays import (
     spatial_axes,
     spatial_size,
     to_compute,
+    to_dtype,
 )
 from .._typing import Array, Namespace
 from ..ops import dsnt as expectation
@@ -145,6 +146,81 @@ class ArrayAPIKernels:
         stats = self.softmax_statistics(xp, logits, ndim, temperature)
         mu = expectation.expected_coordinates(xp, list(stats.margins), list(self.coordinate_grids(xp, logits, ndim)))
         return SoftArgmaxResiduals(stats.lse, mu)
+
+    def softmax_heatmap(
+        self, xp: Namespace, logits: Array, ndim: int, temperature: float
+    ) -> tuple[SoftArgmaxResiduals, Array]:
+        """Log-sum-exp, expected coordinates and ``P`` itself, from one shifted ``exp``.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps.
+        ndim : int
+            Number of spatial axes.
+        temperature : float
+            Softmax temperature.
+
+        Returns
+        -------
+        residuals : SoftArgmaxResiduals
+            ``lse`` and ``mu``, in the compute dtype.
+        heatmap : array
+            ``P`` in the logits' dtype.
+        """
+        u = scaled_logits(xp, logits, temperature)
+        peak, _, exp_shifted = shifted_exp(xp, u, ndim)
+        total = xp.sum(exp_shifted, axis=spatial_axes(ndim))
+        has_mass = total != 0  # False only for an all -inf heatmap; NaN stays NaN
+        inv_total = xp.where(has_mass, 1.0 / nonzero_or(xp, total, 1.0), 0.0 * total)
+        p = xp.where(
+            keep_spatial(xp, has_mass, ndim),
+            exp_shifted * keep_spatial(xp, inv_total, ndim),
+            1.0 / spatial_size(u, ndim),
+        )
+        grids = list(self.coordinate_grids(xp, logits, ndim))
+        mu = expectation.expected_coordinates(xp, expectation.marginals(xp, p, ndim), grids)
+        lse = xp.reshape(peak, total.shape) + xp.log(nonzero_or(xp, total, 1.0))
+        return SoftArgmaxResiduals(lse, mu), to_dtype(xp, p, logits.dtype)
+
+    def heatmap_gradient(
+        self,
+        xp: Namespace,
+        heatmap: Array,
+        per_axis: Sequence[Array],
+        elementwise: Array | None,
+        ndim: int,
+        temperature: float,
+    ) -> Array:
+        """``P * (outer_sum(per_axis) + elementwise) / T``: two full-size operations, no ``exp``.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``heatmap``.
+        heatmap : array of shape (..., *spatial)
+            The kept ``P``.
+        per_axis : sequence of arrays
+            ``a_k``, x first.
+        elementwise : array, optional
+            A full-size term added to the sum.
+        ndim : int
+            Number of spatial axes.
+        temperature : float
+            Softmax temperature.
+
+        Returns
+        -------
+        array
+            The gradient in the compute dtype.
+        """
+        inner = outer_sum(xp, per_axis)
+        if elementwise is not None:
+            inner = inner + to_compute(xp, elementwise)
+        grad = to_compute(xp, heatmap) * inner
+        return grad / temperature if temperature != 1.0 else grad
 
     def softmax_statistics(
         self,

@@ -276,6 +276,67 @@ class Kernels(Protocol):
         """
         ...
 
+    def softmax_heatmap(
+        self, xp: Namespace, logits: Array, ndim: int, temperature: float
+    ) -> tuple[SoftArgmaxResiduals, Array]:
+        """`softmax_moments` and the normalised heatmap ``P`` itself, in the logits' dtype.
+
+        What the ``soft_argmax`` rules keep for the backward pass instead of the logits (the
+        same bytes): the backward then needs no ``exp`` (`heatmap_gradient`).
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``logits``.
+        logits : array of shape (..., *spatial)
+            Unnormalised heatmaps; the last ``ndim`` axes are spatial.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+
+        Returns
+        -------
+        residuals : SoftArgmaxResiduals
+            ``lse`` and ``mu`` of ``P``, in the compute dtype.
+        heatmap : array of the logits' shape and dtype
+            ``P = softmax(logits / T)``.
+        """
+        ...
+
+    def heatmap_gradient(
+        self,
+        xp: Namespace,
+        heatmap: Array,
+        per_axis: Sequence[Array],
+        elementwise: Array | None,
+        ndim: int,
+        temperature: float,
+    ) -> Array:
+        """``P * (outer_sum(per_axis) + elementwise) / T`` from a kept heatmap ``P``: no ``exp``.
+
+        Parameters
+        ----------
+        xp : namespace
+            The array namespace of ``heatmap``.
+        heatmap : array of shape (..., *spatial)
+            ``P``, as `softmax_heatmap` made it.
+        per_axis : sequence of arrays
+            ``a_k`` broadcasting against (..., n_k), x first.
+        elementwise : array of the heatmap's shape, optional
+            A full-size term (the cotangent of ``P`` itself, in double backward); ``None`` for none.
+        ndim : int
+            Number of spatial axes (1, 2 or 3).
+        temperature : float
+            Softmax temperature ``T``.
+
+        Returns
+        -------
+        array of the heatmap's shape
+            The gradient with respect to the logits, in the compute dtype.
+        """
+        ...
+
     def softmax_statistics(
         self,
         xp: Namespace,

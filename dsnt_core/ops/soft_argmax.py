@@ -6,13 +6,19 @@ The rules (for ``P = softmax(z / T)``, ``mu_k = <P, X_k>``):
 * backward: ``d <ct, mu> / dz = P * (sum_k ct_k X_k - <ct, mu>) / T``, one ``gradient_map``;
 * forward mode: ``d mu = (<P * dz, X_k> - mu_k <P, dz>) / T``.
 
+Two ways to stay within the memory budget (the logits' bytes): keep the logits (the backward
+recomputes ``P``: `soft_argmax_forward`, `soft_argmax_backward`), or keep ``P`` itself (the
+backward needs no ``exp``: `soft_argmax_forward_keeping_heatmap`,
+`soft_argmax_backward_from_heatmap`, whose backward also takes a cotangent of ``P``, so that
+a framework can differentiate the backward pass again through the kept ``P``).
+
 Torch tensors and JAX arrays go to their adapters, which register these rules with their
 autodiff; other libraries get the forward here and `soft_argmax_vjp` for training.
 """
 
 from __future__ import annotations
 
-from .._arrays import keep_spatial, like_input, spatial_axes, to_dtype
+from .._arrays import keep_spatial, like_input, spatial_axes, to_compute, to_dtype
 from .._backends import adapter_for, namespace_of
 from .._typing import Array, ArrayT, Namespace
 from .._validation import check_coordinates, check_ndim, check_positive_finite, check_spatial
@@ -47,6 +53,47 @@ def soft_argmax_backward(
     per_axis[0] = per_axis[0] - xp.sum(ct * mu, axis=-1)[..., None]
     grad = kernels.gradient_map(xp, logits, residuals.lse, per_axis, None, ndim, temperature)
     return to_dtype(xp, grad, logits.dtype)
+
+
+def soft_argmax_forward_keeping_heatmap(
+    xp: Namespace, logits: Array, ndim: int, temperature: float, kernels: Kernels
+) -> tuple[Array, SoftArgmaxResiduals, Array]:
+    """`soft_argmax_forward`, and ``P`` in the logits' dtype to keep for the backward pass."""
+    residuals, heatmap = kernels.softmax_heatmap(xp, logits, ndim, temperature)
+    return to_dtype(xp, residuals.mu, logits.dtype), residuals, heatmap
+
+
+def soft_argmax_backward_from_heatmap(
+    xp: Namespace,
+    heatmap: Array,
+    mu: Array,
+    cotangent: Array,
+    heatmap_cotangent: Array | None,
+    ndim: int,
+    temperature: float,
+    kernels: Kernels,
+) -> Array:
+    """Vector-Jacobian product from the kept ``P``: ``d (<ct, coords> + <ct_P, P>) / d logits``.
+
+    ``P * (sum_k ct_k X_k + ct_P - <ct, mu> - <ct_P, P>) / T``, in the heatmap's dtype.
+    """
+    ct = to_dtype(xp, cotangent, mu.dtype)
+    grids = kernels.coordinate_grids(xp, heatmap, ndim)
+    per_axis = [ct[..., k : k + 1] * grids[k] for k in range(ndim)]
+    const = xp.sum(ct * mu, axis=-1)
+    if heatmap_cotangent is not None:
+        weighted = to_dtype(xp, heatmap_cotangent, mu.dtype) * to_dtype(xp, heatmap, mu.dtype)
+        const = const + xp.sum(weighted, axis=spatial_axes(ndim))
+    per_axis[0] = per_axis[0] - const[..., None]
+    grad = kernels.heatmap_gradient(xp, heatmap, per_axis, heatmap_cotangent, ndim, temperature)
+    return to_dtype(xp, grad, heatmap.dtype)
+
+
+def expected_coordinates_of(xp: Namespace, heatmap: Array, ndim: int) -> Array:
+    """``mu`` of a normalised heatmap, in its compute dtype (differentiable in every framework)."""
+    p = to_compute(xp, heatmap)
+    grids = array_api_kernels().coordinate_grids(xp, p, ndim)
+    return xp.stack([xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, p, ndim), grids)], axis=-1)
 
 
 def soft_argmax_jvp(
