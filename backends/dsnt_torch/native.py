@@ -1,18 +1,23 @@
-"""The ``"torch-native"`` kernels: C++ CPU passes built on first use (opt-in).
+"""The ``"torch-native"`` kernels: C++ CPU passes, the automatic choice for CPU tensors, built on first use.
 
-The extension (``native_passes.cpp``, next to this file) implements the ``softmax_statistics``
-and ``gradient_map`` passes of the kernel contract (:mod:`dsnt_core.kernels.contract`) with
-ATen's vectorised math, one heatmap per task while it is in cache. The rules of
+The extension (``native_passes.cpp``, next to this file) implements the ``softmax_statistics``,
+``gradient_map``, ``softmax_heatmap`` and ``heatmap_gradient`` passes of the kernel contract
+(:mod:`dsnt_core.kernels.contract`) with ATen's vectorised math, one heatmap per task while it
+is in cache. The rules of
 :mod:`dsnt_core.ops` run unchanged on top of it. It is compiled with
 ``torch.utils.cpp_extension`` the first time it is needed (a C++ compiler and ``ninja`` are
 required; about 30 s on two cores) and cached on disk by PyTorch
-(``TORCH_EXTENSIONS_DIR``), so later processes load it in well under a second.
+(``TORCH_EXTENSIONS_DIR``), so later processes load it in well under a second. A build
+says so on standard error before it starts. ``DSNT_TORCH_NATIVE=0`` in the environment (or
+``dsnt_core.use_kernels("array-api")``) keeps CPU tensors on the array-API passes.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,12 +27,12 @@ from typing import Any
 import torch
 from array_api_compat import torch as torch_namespace
 
-from dsnt_core.kernels import ArrayAPIKernels, Divergence, DivergenceKind, SoftmaxStatistics
+from dsnt_core.kernels import ArrayAPIKernels, Divergence, DivergenceKind, SoftArgmaxResiduals, SoftmaxStatistics
 
 SOURCE = Path(__file__).with_name("native_passes.cpp")
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
-    "AVX2": ["-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],  # F16C: ATen's AVX2 float16 conversions need it, as its own build has
 }
 
 
@@ -52,6 +57,17 @@ def _extension_name(source: str, flags: list[str]) -> str:
     return f"dsnt_native_passes_{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
 
 
+def _built(name: str) -> bool:
+    """Whether PyTorch's extension cache already holds a build of ``name``."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    try:
+        folder = Path(_get_build_directory(name, verbose=False))
+    except Exception:  # a private helper of torch: if it changes, assume a build is needed
+        return False
+    return any(folder.glob(f"{name}*.so")) or any(folder.glob(f"{name}*.pyd"))
+
+
 @functools.cache
 def extension() -> ModuleType:
     """The compiled extension (built and cached on the first call).
@@ -64,10 +80,19 @@ def extension() -> ModuleType:
     from torch.utils.cpp_extension import load_inline
 
     source, flags = SOURCE.read_text(), _compiler_flags()
+    name = _extension_name(source, flags)
+    if not _built(name):
+        print(
+            "dsnt-core: building the native CPU kernels for PyTorch, once per machine (about 30 s; later "
+            "processes load them from PyTorch's extension cache). DSNT_TORCH_NATIVE=0 or "
+            'dsnt_core.use_kernels("array-api") skips them.',
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         return load_inline(
-            name=_extension_name(source, flags),
-            cpp_sources=[source],  # defines its own module: the two passes and DivergenceKind
+            name=name,
+            cpp_sources=[source],  # defines its own module: the four passes and DivergenceKind
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],  # at::parallel_for runs on ATen's OpenMP pool
             verbose=False,
@@ -106,23 +131,37 @@ def applicable(logits: Any) -> bool:
 # ------------------------------------------------------------------------------ the passes
 
 
-def _heatmaps(logits: torch.Tensor, ndim: int) -> torch.Tensor:
-    """(N, D, H, W) contiguous view (or copy) in the compute dtype; missing axes have length 1."""
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for 16-bit floats, else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _heatmaps(logits: torch.Tensor, ndim: int, *, keep_dtype: bool = False) -> torch.Tensor:
+    """(N, D, H, W) contiguous view (or copy); missing axes have length 1.
+
+    In the compute dtype, or with ``keep_dtype`` in the logits' own (the passes that take 16-bit heatmaps).
+    """
     spatial = tuple(logits.shape[logits.ndim - ndim :])
-    u = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    u = logits if keep_dtype else logits.to(_compute_dtype(logits.dtype))
     return u.reshape(-1, *((1,) * (3 - ndim)), *spatial).contiguous()
 
 
-def _per_heatmap(vectors: Sequence[Any], u: torch.Tensor, batch: tuple, fill: float) -> list[torch.Tensor]:
-    """Per-axis vectors (x, y[, z]) as (N, n) contiguous tensors; missing axes get ``fill``."""
+def _per_heatmap(
+    vectors: Sequence[Any], u: torch.Tensor, batch: tuple, fill: float, dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
+    """Per-axis vectors (x, y[, z]) as (N, n) contiguous tensors in ``dtype`` (``u``'s if None); missing: ``fill``."""
+    dtype = u.dtype if dtype is None else dtype
     n, lengths = u.shape[0], (u.shape[3], u.shape[2], u.shape[1])
     result = []
     for k, length in enumerate(lengths):
         if k < len(vectors):
-            result.append(torch.broadcast_to(vectors[k], (*batch, length)).reshape(n, length))
+            vector = vectors[k]
+            if vector.shape != (*batch, length):  # skipped in the common case: a few microseconds a call
+                vector = torch.broadcast_to(vector, (*batch, length))
+            result.append(vector.reshape(n, length).to(dtype).contiguous())
         else:
-            result.append(torch.full((n, 1), fill, dtype=u.dtype))
-    return [v.to(u.dtype).contiguous() for v in result]
+            result.append(torch.full((n, 1), fill, dtype=dtype))
+    return result
 
 
 def _per_heatmap_numbers(values: Any, u: torch.Tensor, batch: tuple) -> torch.Tensor:
@@ -148,10 +187,12 @@ class NativeKernels(ArrayAPIKernels):
     """C++ CPU passes for torch tensors: each heatmap reduced and differentiated while in cache.
 
     The fastest path on CPU (see the benchmarks page), with ATen's vectorised ``exp`` and
-    ``log``. Compiled with ``torch.utils.cpp_extension`` the first time it is needed (a C++
-    compiler and ``ninja``, about 30 s on two cores) and cached on disk by PyTorch. Used for
-    CPU tensors outside ``torch.compile`` and ``torch.func`` transforms; other tensors take
-    the automatic choice. If the build fails, `unavailable_reason` says why.
+    ``log``, and the automatic choice for CPU tensors outside ``torch.compile`` and
+    ``torch.func`` transforms (those take the array-API passes). Compiled with
+    ``torch.utils.cpp_extension`` the first time it is needed (a C++ compiler and ``ninja``,
+    about 30 s on two cores, announced on standard error) and cached on disk by PyTorch. If
+    the build fails, a warning says why once and the array-API passes run instead.
+    ``DSNT_TORCH_NATIVE=0`` in the environment makes them opt-in.
 
     Examples
     --------
@@ -164,7 +205,7 @@ class NativeKernels(ArrayAPIKernels):
     name = "torch-native"
     description = "PyTorch CPU: C++ passes, one cache-resident sweep per heatmap (built once, about 30 s)"
     libraries = ("torch",)
-    automatic = False
+    automatic = os.environ.get("DSNT_TORCH_NATIVE", "") != "0"
 
     def unavailable_reason(self) -> str | None:
         """The build error, or ``None`` once the extension is built or loaded."""
@@ -212,6 +253,38 @@ class NativeKernels(ArrayAPIKernels):
             m_log_m=batched(m_log_m),
             p_log_m=batched(p_log_m),
         )
+
+    def softmax_heatmap(self, xp: Any, logits: Any, ndim: int, temperature: float) -> tuple[SoftArgmaxResiduals, Any]:
+        """Per heatmap, one ``exp`` sweep and one that writes ``P`` (in the logits' dtype) and sums ``mu``."""
+        batch = tuple(logits.shape[: logits.ndim - ndim])
+        u = _heatmaps(logits, ndim, keep_dtype=True)
+        lse, mu, heatmap = extension().softmax_heatmap(u, ndim=ndim, inv_temperature=1.0 / temperature)
+        return SoftArgmaxResiduals(lse.reshape(batch), mu.reshape((*batch, ndim))), heatmap.reshape(logits.shape)
+
+    def heatmap_gradient(
+        self,
+        xp: Any,
+        heatmap: Any,
+        per_axis: Sequence[Any],
+        elementwise: Any | None,
+        ndim: int,
+        temperature: float,
+    ) -> Any:
+        """One read of ``P``, one write: ``P * (outer_sum(per_axis) + elementwise) / T``, no ``exp``."""
+        batch = tuple(heatmap.shape[: heatmap.ndim - ndim])
+        p = _heatmaps(heatmap, ndim, keep_dtype=True)
+        compute = _compute_dtype(heatmap.dtype)
+        extra = None
+        if elementwise is not None:
+            extra = torch.broadcast_to(elementwise, heatmap.shape).to(compute).reshape(p.shape).contiguous()
+        grad = extension().heatmap_gradient(
+            p,
+            per_axis=_per_heatmap(per_axis, p, batch, 0.0, compute),
+            elementwise=extra,
+            ndim=ndim,
+            inv_temperature=1.0 / temperature,
+        )
+        return grad.reshape(heatmap.shape)
 
     def gradient_map(
         self,

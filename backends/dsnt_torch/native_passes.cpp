@@ -1,5 +1,5 @@
-// Native CPU versions of the softmax_statistics and gradient_map passes of the kernel contract
-// (dsnt_core/kernels/contract.py).
+// Native CPU versions of the softmax_statistics, gradient_map, softmax_heatmap and
+// heatmap_gradient passes of the kernel contract (dsnt_core/kernels/contract.py).
 //
 // Same arguments and results as the array-API passes (dsnt_core/kernels/array_api.py, which
 // has the math); the rules themselves stay in dsnt_core.ops. Each heatmap is handled by one
@@ -11,13 +11,18 @@
 // Heatmaps come as (N, D, H, W) contiguous tensors: 2-D heatmaps have D = 1, 1-D heatmaps
 // D = H = 1. Coordinates: x along W, y along H, z along D. Per-axis vectors come as (N, n)
 // tensors, n the length of their axis (so (N, 1) for a missing one), per-heatmap numbers as
-// (N,) tensors, all contiguous, on the CPU and in the dtype of the heatmaps. The module at the
-// end (built by torch.utils.cpp_extension.load_inline from backends/dsnt_torch/native.py)
-// checks every argument against that before any pass runs.
+// (N,) tensors, all contiguous, on the CPU and in the compute dtype of the heatmaps (their own
+// dtype: softmax_statistics and gradient_map take float32 and float64 heatmaps only;
+// softmax_heatmap and heatmap_gradient also take float16 and bfloat16 ones, read and written
+// in that dtype, with float32 arithmetic and results). The module at the end (built by
+// torch.utils.cpp_extension.load_inline from backends/dsnt_torch/native.py) checks every
+// argument against that before any pass runs.
 
 #include <torch/extension.h>
 
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #if defined(__SSE2__)
@@ -31,6 +36,8 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -42,25 +49,31 @@ enum class DivergenceKind { kNone, kKL, kJS };
 
 // ------------------------------------------------------------------------ vector helpers
 
+// The sum of the lanes, pairwise: log2(lanes) dependent adds instead of one per lane.
 template <typename T>
 T lane_sum(const Vectorized<T>& v) {
-  alignas(64) T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T total = 0;
-  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) total += lanes[i];
-  return total;
+  constexpr int64_t lanes = Vectorized<T>::size();
+  alignas(64) T values[lanes];
+  v.store(values);
+  for (int64_t width = lanes / 2; width > 0; width /= 2) {
+    for (int64_t i = 0; i < width; ++i) values[i] += values[i + width];
+  }
+  return values[0];
 }
 
+// The largest lane, or NaN if a lane is NaN; pairwise, as lane_sum.
 template <typename T>
 T lane_max(const Vectorized<T>& v) {
-  alignas(64) T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T best = lanes[0];
-  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) {
-    if (std::isnan(lanes[i])) return lanes[i];
-    best = std::max(best, lanes[i]);
+  constexpr int64_t lanes = Vectorized<T>::size();
+  alignas(64) T values[lanes];
+  v.store(values);
+  for (int64_t width = lanes / 2; width > 0; width /= 2) {
+    for (int64_t i = 0; i < width; ++i) {
+      const T a = values[i], b = values[i + width];
+      values[i] = std::isnan(a) ? a : (std::isnan(b) || b > a) ? b : a;
+    }
   }
-  return best;
+  return values[0];
 }
 
 // Calls body(j, count) for j = 0, lanes, 2 lanes, ... below length, count being the number of
@@ -73,6 +86,41 @@ inline void for_each_vector(int64_t length, const Body& body) {
   int64_t j = 0;
   for (; j + lanes <= length; j += lanes) body(j, lanes);
   if (j < length) body(j, length - j);
+}
+
+// f(std::integral_constant<int, k>) for k = 0 .. K - 1, unrolled.
+template <typename F, int... k>
+inline void unrolled_impl(const F& f, std::integer_sequence<int, k...>) {
+  (f(std::integral_constant<int, k>{}), ...);
+}
+template <int K, typename F>
+inline void unrolled(const F& f) {
+  unrolled_impl(f, std::make_integer_sequence<int, K>{});
+}
+
+// for_each_vector with K vectors per iteration: body(j, count, slot), slot the vector's place
+// in its group of K (a std::integral_constant; 0 for the vectors after the last full group).
+// A sum or maximum over a loop otherwise waits for each add to finish before the next: with K
+// accumulators, one per slot, K of them run at once.
+template <typename T, int K, typename Body>
+inline void for_each_vector_interleaved(int64_t length, const Body& body) {
+  constexpr int64_t lanes = Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + K * lanes <= length; j += K * lanes) {
+    unrolled<K>([&](auto slot) { body(j + slot() * lanes, lanes, slot); });
+  }
+  for (; j + lanes <= length; j += lanes) body(j, lanes, std::integral_constant<int, 0>{});
+  if (j < length) body(j, length - j, std::integral_constant<int, 0>{});
+}
+
+// Independent accumulators for for_each_vector_interleaved, and their combination.
+constexpr int kAccumulators = 4;
+template <typename T>
+using Accumulators = std::array<Vectorized<T>, kAccumulators>;
+
+template <typename T>
+Vectorized<T> combined_sum(const Accumulators<T>& acc) {
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 // The first count elements at ptr, the other lanes set to fill (nothing read past count).
@@ -90,6 +138,35 @@ inline Vectorized<T> first_lanes(const Vectorized<T>& v, int64_t count) {
   return count == Vec::size() ? v : Vec::set(Vec(T(0)), v, count);
 }
 
+// Heatmaps stored in 16 bits are computed in float32: the compute type of storage type S.
+template <typename S>
+using compute_t = at::opmath_type<S>;
+
+// The first n elements of src (float16 or bfloat16) as float32 at dst.
+template <typename S>
+void widen(const S* src, float* dst, int64_t n) {
+  using Stored = Vectorized<S>;
+  constexpr int64_t lanes = Stored::size(), half = Vectorized<float>::size();
+  for_each_vector<S>(n, [&](int64_t j, int64_t count) {
+    const Stored v = count == lanes ? Stored::loadu(src + j) : Stored::loadu(src + j, count);
+    const auto [low, high] = at::vec::convert_to_float<S>(v);
+    low.store(dst + j, std::min(count, half));
+    if (count > half) high.store(dst + j + half, count - half);
+  });
+}
+
+// The first n elements of src (float32) rounded to S (float16 or bfloat16) at dst, to nearest
+// even as Tensor.to does.
+template <typename S>
+void narrow(const float* src, S* dst, int64_t n) {
+  constexpr int64_t half = Vectorized<float>::size();
+  for_each_vector<S>(n, [&](int64_t j, int64_t count) {
+    const Vectorized<float> low = load(src + j, std::min(count, half));
+    const Vectorized<float> high = count > half ? load(src + j + half, count - half) : Vectorized<float>(0.0f);
+    at::vec::convert_from_float<S>(low, high).store(dst + j, count);
+  });
+}
+
 // exp_u20 clamps its argument, so it would turn NaN into a finite number: every pass checks
 // each heatmap's peak (forward) or log-sum-exp (backward) and writes NaN for the whole
 // heatmap when it is NaN or +inf, as the array-API passes do.
@@ -97,6 +174,32 @@ template <typename T>
 Vectorized<T> fast_exp(const Vectorized<T>& v) {
   return v.exp_u20();
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// With AVX-512, float: exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in two steps
+// (Cody and Waite), exp(r) = 1 + r + r^2 q(r) with Cephes' expf polynomial (about 1 ulp on
+// |r| <= ln 2 / 2), and 2^n applied by scalef, which underflows to 0 (flushed, as exp_u20
+// does, by the tasks' FTZ mode) and overflows to +inf without range checks. Arguments below
+// -104 (where exp is 0 in float) are clamped there, so that -inf gives 0 and not NaN; a NaN
+// argument gives 0 too (the passes check NaN per heatmap, see above). Two thirds of the
+// instructions of exp_u20, and more accurate.
+template <>
+Vectorized<float> fast_exp<float>(const Vectorized<float>& v) {
+  const __m512 x = _mm512_max_ps(v, _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 q = _mm512_set1_ps(1.9875691500e-4f);
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.3981999507e-3f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(8.3334519073e-3f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(4.1665795894e-2f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.6666665459e-1f));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return Vectorized<float>(_mm512_scalef_ps(y, n));
+}
+#endif
 
 // log for arguments that are positive normal numbers (the passes clamp them to at least the
 // smallest normal first). SLEEF's log by default; with AVX-512, float uses the exponent and
@@ -193,35 +296,67 @@ std::string dtype_name(at::ScalarType type) {
   }
 }
 
-// The heatmaps: a contiguous 4-D (N, D, H, W) CPU tensor of float32 or float64.
-Layout check_heatmaps(const char* pass, const at::Tensor& logits) {
-  TORCH_CHECK(logits.device().is_cpu(), pass, ": logits must be a CPU tensor, got device ", logits.device());
-  TORCH_CHECK(logits.dim() == 4, pass, ": logits must be 4-D (N, D, H, W), got shape ", logits.sizes());
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble, pass,
-              ": logits must be float32 or float64, got ", dtype_name(logits.scalar_type()));
-  TORCH_CHECK(logits.is_contiguous(), pass, ": logits must be contiguous, got shape ", logits.sizes(),
+bool is_16_bit(at::ScalarType type) { return type == at::kHalf || type == at::kBFloat16; }
+
+// The dtype of the per-heatmap arguments and results: float32 for 16-bit heatmaps.
+at::ScalarType compute_type(at::ScalarType type) { return is_16_bit(type) ? at::kFloat : type; }
+
+// The heatmaps (named name): a contiguous 4-D (N, D, H, W) CPU tensor of float32 or float64,
+// or with allow_16_bit float16 or bfloat16 too.
+Layout check_heatmaps(const char* pass, const at::Tensor& logits, const char* name = "logits",
+                      bool allow_16_bit = false) {
+  TORCH_CHECK(logits.device().is_cpu(), pass, ": ", name, " must be a CPU tensor, got device ", logits.device());
+  TORCH_CHECK(logits.dim() == 4, pass, ": ", name, " must be 4-D (N, D, H, W), got shape ", logits.sizes());
+  const at::ScalarType type = logits.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || (allow_16_bit && is_16_bit(type)), pass, ": ", name,
+              allow_16_bit ? " must be float16, bfloat16, float32 or float64, got " : " must be float32 or float64, got ",
+              dtype_name(type));
+  TORCH_CHECK(logits.is_contiguous(), pass, ": ", name, " must be contiguous, got shape ", logits.sizes(),
               " with strides ", logits.strides());
   return {logits.size(0), logits.size(1), logits.size(2), logits.size(3)};
 }
 
-// A per-heatmap argument: the given shape, and the device and dtype of the logits, contiguous.
-void check_like_logits(const char* pass, const std::string& name, const at::Tensor& tensor,
-                       at::IntArrayRef expected_shape, const char* shape_meaning, const at::Tensor& logits) {
+// softmax_heatmap and heatmap_gradient: ndim spatial axes, the others of length 1, none empty;
+// a positive finite 1 / T.
+void check_spatial(const char* pass, const char* name, const Layout& l, int64_t ndim, double inv_temperature) {
+  TORCH_CHECK(ndim >= 1 && ndim <= 3, pass, ": ndim must be 1, 2 or 3, got ", ndim);
+  TORCH_CHECK((ndim >= 3 || l.d == 1) && (ndim >= 2 || l.h == 1), pass, ": ", name,
+              " of ndim = ", ndim, " must have D = 1", ndim == 1 ? " and H = 1" : "", ", got shape ",
+              at::IntArrayRef({l.n, l.d, l.h, l.w}));
+  TORCH_CHECK(l.size() > 0, pass, ": ", name, " must have non-empty spatial axes, got shape ",
+              at::IntArrayRef({l.n, l.d, l.h, l.w}));
+  TORCH_CHECK(std::isfinite(inv_temperature) && inv_temperature > 0, pass,
+              ": inv_temperature must be positive and finite, got ", inv_temperature);
+}
+
+// A tensor argument: the given shape and dtype, on the CPU, contiguous.
+void check_tensor(const char* pass, const std::string& name, const at::Tensor& tensor, at::IntArrayRef expected_shape,
+                  const char* shape_meaning, at::ScalarType dtype, const char* dtype_meaning) {
   TORCH_CHECK(tensor.device().is_cpu(), pass, ": ", name, " must be a CPU tensor, got device ", tensor.device());
   TORCH_CHECK(tensor.sizes() == expected_shape, pass, ": ", name, " must have shape ", expected_shape, " = ",
               shape_meaning, ", got ", tensor.sizes());
-  TORCH_CHECK(tensor.scalar_type() == logits.scalar_type(), pass, ": ", name, " must have the dtype of logits (",
-              dtype_name(logits.scalar_type()), "), got ", dtype_name(tensor.scalar_type()));
+  TORCH_CHECK(tensor.scalar_type() == dtype, pass, ": ", name, " must have ", dtype_meaning, " (", dtype_name(dtype),
+              "), got ", dtype_name(tensor.scalar_type()));
   TORCH_CHECK(tensor.is_contiguous(), pass, ": ", name, " must be contiguous, got strides ", tensor.strides());
+}
+
+// A per-heatmap argument: the given shape, and the device and compute dtype of the heatmaps
+// (named heatmaps_name; their own dtype for float32 and float64), contiguous.
+void check_like_logits(const char* pass, const std::string& name, const at::Tensor& tensor,
+                       at::IntArrayRef expected_shape, const char* shape_meaning, const at::Tensor& logits,
+                       const char* heatmaps_name = "logits") {
+  const std::string meaning =
+      std::string(is_16_bit(logits.scalar_type()) ? "the compute dtype of " : "the dtype of ") + heatmaps_name;
+  check_tensor(pass, name, tensor, expected_shape, shape_meaning, compute_type(logits.scalar_type()), meaning.c_str());
 }
 
 // Per-axis vectors, x first: (N, W), (N, H), (N, D).
 void check_per_axis(const char* pass, const char* name, const std::vector<at::Tensor>& vectors, const Layout& l,
-                    const at::Tensor& logits) {
+                    const at::Tensor& logits, const char* heatmaps_name = "logits") {
   TORCH_CHECK(vectors.size() == 3, pass, ": ", name, " must hold 3 tensors (x, y, z), got ", vectors.size());
   for (int k = 0; k < 3; ++k) {
     check_like_logits(pass, std::string(name) + "[" + std::to_string(k) + "] (" + kAxisNames[k] + ")", vectors[k],
-                      {l.n, l.axis(k)}, kAxisShapes[k], logits);
+                      {l.n, l.axis(k)}, kAxisShapes[k], logits, heatmaps_name);
   }
 }
 
@@ -239,9 +374,13 @@ template <typename T>
 T heatmap_max(const T* x, int64_t size) {
   using Vec = Vectorized<T>;
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  Vec best(neg_inf);
-  for_each_vector<T>(size, [&](int64_t j, int64_t count) { best = at::vec::maximum(best, load(x + j, count, neg_inf)); });
-  return lane_max(best);
+  Accumulators<T> best;
+  best.fill(Vec(neg_inf));
+  for_each_vector_interleaved<T, kAccumulators>(size, [&](int64_t j, int64_t count, auto slot) {
+    best[slot] = at::vec::maximum(best[slot], load(x + j, count, neg_inf));
+  });
+  // at::vec::maximum propagates NaN, and lane_max finds it.
+  return lane_max(at::vec::maximum(at::vec::maximum(best[0], best[1]), at::vec::maximum(best[2], best[3])));
 }
 
 // In the field order of dsnt_core.kernels.SoftmaxStatistics: lse (N,), the marginals along x,
@@ -438,6 +577,189 @@ at::Tensor gradient_impl(const at::Tensor& logits, const Layout& l, double inv_t
   return grad;
 }
 
+// Heatmaps up to this size (in their own dtype) have the next one prefetched by softmax_heatmap.
+constexpr int64_t kPrefetchBytes = 64 * 1024;
+
+// A hint to fetch the cache line at ptr, to read it or to write it (no-op where unsupported).
+template <bool for_write, typename T>
+inline void prefetch(const T* ptr) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(ptr, for_write ? 1 : 0, 3);
+#else
+  (void)ptr;
+#endif
+}
+
+// Pixel-centre coordinates (2j + 1 - n) / n of an axis of length n, in T (rounded once).
+template <typename T>
+std::vector<T> pixel_centres(int64_t n) {
+  std::vector<T> grid(n);
+  for (int64_t j = 0; j < n; ++j) grid[j] = static_cast<T>(static_cast<double>(2 * j + 1 - n) / static_cast<double>(n));
+  return grid;
+}
+
+// lse (N,), mu (N, ndim) (x, y[, z]) and P = softmax(logits / T) in the logits' dtype S, with
+// lse and mu in the compute type. Per heatmap: the peak; exp(u - peak) and its total in one
+// sweep; then one sweep that scales it to P, writes P and sums P, P x, P y and P z. The exp goes
+// straight into the output for float32 and float64; 16-bit heatmaps are widened into a
+// per-thread float32 scratch heatmap first and P is rounded to S row by row.
+template <typename S>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_heatmap_impl(const at::Tensor& logits, const Layout& l,
+                                                                    int64_t ndim, double inv_temperature) {
+  using T = compute_t<S>;
+  using Vec = Vectorized<T>;
+  constexpr bool widened = !std::is_same_v<S, T>;
+  const auto compute = logits.options().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor heatmap = at::empty({l.n, l.d, l.h, l.w}, logits.options());
+  at::Tensor lse = at::empty({l.n}, compute), mu = at::empty({l.n, ndim}, compute);
+  const S* data = logits.data_ptr<S>();
+  S* out = heatmap.data_ptr<S>();
+  T* lse_p = lse.data_ptr<T>();
+  T* mu_p = mu.data_ptr<T>();
+  const std::vector<T> gx = pixel_centres<T>(l.w), gy = pixel_centres<T>(l.h), gz = pixel_centres<T>(l.d);
+  const T inv_t = static_cast<T>(inv_temperature);
+  const int64_t size = l.size();
+
+  at::parallel_for(0, l.n, grain_for(l), [&](int64_t begin, int64_t end) {
+    const FlushSubnormals flush;
+    std::vector<T> scratch(widened ? size : 0);
+    for (int64_t i = begin; i < end; ++i) {
+      S* p_out = out + i * size;
+      // exp(u - peak), then P, in the compute type: the output itself, or the scratch.
+      T* e = nullptr;
+      const T* x = nullptr;
+      if constexpr (widened) {
+        widen(data + i * size, scratch.data(), size);
+        x = e = scratch.data();
+      } else {
+        x = data + i * size;
+        e = p_out;
+      }
+      T* mu_i = mu_p + i * ndim;
+      const T peak = heatmap_max(x, size) * inv_t;
+      T total;
+      if (std::isinf(peak) && peak < 0) {  // every logit is -inf: P kept as 0 (coordinates 0, zero gradient), lse = 0
+        std::fill(p_out, p_out + size, static_cast<S>(0));
+        std::fill(mu_i, mu_i + ndim, T(0));
+        lse_p[i] = 0;
+        continue;
+      } else if (poisoned(peak)) {  // a NaN or +inf logit: NaN throughout
+        const T nan = std::numeric_limits<T>::quiet_NaN();
+        std::fill(p_out, p_out + size, static_cast<S>(nan));
+        std::fill(mu_i, mu_i + ndim, nan);
+        lse_p[i] = nan;
+        continue;
+      } else {
+        const Vec v_inv(inv_t), v_peak(peak);
+        Accumulators<T> acc;
+        acc.fill(Vec(0));
+        // The next heatmap's logits and output, fetched into the cache while this sweep
+        // computes (the max sweep would wait for them otherwise): 5-10% for small heatmaps,
+        // nothing or worse for those that no longer fit in L2 beside the current one.
+        const bool ahead = i + 1 < end && size * static_cast<int64_t>(sizeof(S)) <= kPrefetchBytes;
+        const S* next_x = ahead ? data + (i + 1) * size : nullptr;
+        const S* next_out = ahead ? p_out + size : nullptr;
+        // Flat over the heatmap (in place for 16-bit): only the last vector is partial.
+        for_each_vector_interleaved<T, kAccumulators>(size, [&](int64_t j, int64_t count, auto slot) {
+          if (next_x != nullptr) {
+            prefetch<false>(next_x + j);
+            prefetch<true>(next_out + j);
+          }
+          const Vec v = first_lanes(fast_exp(load(x + j, count) * v_inv - v_peak), count);
+          v.store(e + j, count);
+          acc[slot] = acc[slot] + v;
+        });
+        total = lane_sum(combined_sum(acc));
+        lse_p[i] = peak + std::log(total);
+      }
+      // P = e / total, written in place; its moments from the same loads. Lanes past a row's
+      // end load 0 and add nothing.
+      const Vec v_scale(T(1) / total);
+      Accumulators<T> acc_x;
+      acc_x.fill(Vec(0));
+      Vec acc_y(0), acc_z(0);
+      for (int64_t z = 0; z < l.d; ++z) {
+        Vec plane(0);
+        for (int64_t y = 0; y < l.h; ++y) {
+          const int64_t offset = (z * l.h + y) * l.w;
+          T* row = e + offset;
+          Accumulators<T> row_acc;
+          row_acc.fill(Vec(0));
+          for_each_vector_interleaved<T, kAccumulators>(l.w, [&](int64_t j, int64_t count, auto slot) {
+            const Vec p = load(row + j, count) * v_scale;
+            p.store(row + j, count);
+            row_acc[slot] = row_acc[slot] + p;
+            acc_x[slot] = at::vec::fmadd(p, load(gx.data() + j, count), acc_x[slot]);
+          });
+          if constexpr (widened) narrow(row, p_out + offset, l.w);
+          const Vec row_sum = combined_sum(row_acc);
+          acc_y = at::vec::fmadd(row_sum, Vec(gy[y]), acc_y);
+          plane = plane + row_sum;
+        }
+        acc_z = at::vec::fmadd(plane, Vec(gz[z]), acc_z);
+      }
+      const std::array<T, 3> moments = {lane_sum(combined_sum(acc_x)), lane_sum(acc_y), lane_sum(acc_z)};
+      std::copy(moments.begin(), moments.begin() + ndim, mu_i);
+    }
+  });
+  return {lse, mu, heatmap};
+}
+
+// P * (((ax[x] + ay[y]) + az[z]) + elementwise) / T in the compute type, from P stored in S
+// (16-bit rows are widened into a per-thread row first): one read of P, one write, no exp.
+template <typename S>
+at::Tensor heatmap_gradient_impl(const at::Tensor& heatmap, const Layout& l, const std::vector<at::Tensor>& per_axis,
+                                 const std::optional<at::Tensor>& elementwise, double inv_temperature) {
+  using T = compute_t<S>;
+  using Vec = Vectorized<T>;
+  constexpr bool widened = !std::is_same_v<S, T>;
+  at::Tensor grad = at::empty({l.n, l.d, l.h, l.w}, heatmap.options().dtype(c10::CppTypeToScalarType<T>::value));
+  const S* data = heatmap.data_ptr<S>();
+  T* out = grad.data_ptr<T>();
+  const T *ax_p = per_axis[0].data_ptr<T>(), *ay_p = per_axis[1].data_ptr<T>(), *az_p = per_axis[2].data_ptr<T>();
+  const T* el_p = elementwise ? elementwise->data_ptr<T>() : nullptr;
+  const T inv_t = static_cast<T>(inv_temperature);
+  const int64_t size = l.size();
+
+  auto run = [&](auto with_elementwise) {
+    constexpr bool kElementwise = decltype(with_elementwise)::value;
+    at::parallel_for(0, l.n, grain_for(l), [&](int64_t begin, int64_t end) {
+      const FlushSubnormals flush;
+      std::vector<T> widened_row(widened ? l.w : 0);
+      const Vec v_inv(inv_t);
+      for (int64_t i = begin; i < end; ++i) {
+        const T* a_x = ax_p + i * l.w;
+        for (int64_t z = 0; z < l.d; ++z) {
+          const Vec v_az(az_p[i * l.d + z]);
+          for (int64_t y = 0; y < l.h; ++y) {
+            const int64_t offset = i * size + (z * l.h + y) * l.w;
+            const T* p_row = nullptr;
+            if constexpr (widened) {
+              widen(data + offset, widened_row.data(), l.w);
+              p_row = widened_row.data();
+            } else {
+              p_row = data + offset;
+            }
+            const Vec v_ay(ay_p[i * l.h + y]);
+            // Lanes past the row end compute whatever they compute; only count lanes are stored.
+            for_each_vector<T>(l.w, [&](int64_t j, int64_t count) {
+              Vec inner = (load(a_x + j, count) + v_ay) + v_az;
+              if constexpr (kElementwise) inner = inner + load(el_p + offset + j, count);
+              (load(p_row + j, count) * inner * v_inv).store(out + offset + j, count);
+            });
+          }
+        }
+      }
+    });
+  };
+  if (el_p != nullptr) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
+  return grad;
+}
+
 // ------------------------------------------------------------------------ entry points
 
 Statistics softmax_statistics(const at::Tensor& logits, double inv_temperature, bool entropy,
@@ -486,6 +808,35 @@ at::Tensor gradient_map(const at::Tensor& logits, double inv_temperature, const 
   return result;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_heatmap(const at::Tensor& logits, int64_t ndim,
+                                                               double inv_temperature) {
+  constexpr const char* pass = "softmax_heatmap";
+  const Layout l = check_heatmaps(pass, logits, "logits", /*allow_16_bit=*/true);
+  check_spatial(pass, "logits", l, ndim, inv_temperature);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), pass, [&] {
+    result = softmax_heatmap_impl<scalar_t>(logits, l, ndim, inv_temperature);
+  });
+  return result;
+}
+
+at::Tensor heatmap_gradient(const at::Tensor& heatmap, const std::vector<at::Tensor>& per_axis,
+                            const std::optional<at::Tensor>& elementwise, int64_t ndim, double inv_temperature) {
+  constexpr const char* pass = "heatmap_gradient";
+  const Layout l = check_heatmaps(pass, heatmap, "heatmap", /*allow_16_bit=*/true);
+  check_spatial(pass, "heatmap", l, ndim, inv_temperature);
+  check_per_axis(pass, "per_axis", per_axis, l, heatmap, "heatmap");
+  if (elementwise) {
+    check_like_logits(pass, "elementwise", *elementwise, heatmap.sizes(), "(N, D, H, W), the shape of heatmap",
+                      heatmap, "heatmap");
+  }
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmap.scalar_type(), pass, [&] {
+    result = heatmap_gradient_impl<scalar_t>(heatmap, l, per_axis, elementwise, inv_temperature);
+  });
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -502,4 +853,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "P * (ax + ay + az + e) / T for (N, D, H, W) logits, e given by kind, coef and factors = [fx, fy, fz].",
         py::arg("logits"), py::arg("inv_temperature"), py::arg("lse"), py::arg("per_axis"), py::arg("kind"),
         py::arg("coef"), py::arg("factors"));
+  m.def("softmax_heatmap", &softmax_heatmap,
+        "(lse, mu, P) of (N, D, H, W) logits: lse (N,) and mu (N, ndim) in the compute dtype, "
+        "P = softmax(logits / T) in the logits' dtype and shape.",
+        py::arg("logits"), py::arg("ndim"), py::arg("inv_temperature"));
+  m.def("heatmap_gradient", &heatmap_gradient,
+        "P * (ax + ay + az + elementwise) / T for an (N, D, H, W) heatmap P, in the compute dtype; "
+        "per_axis = [ax, ay, az], elementwise None or of P's shape.",
+        py::arg("heatmap"), py::arg("per_axis"), py::arg("elementwise"), py::arg("ndim"),
+        py::arg("inv_temperature"));
 }

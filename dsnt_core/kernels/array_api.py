@@ -175,11 +175,9 @@ class ArrayAPIKernels:
         total = xp.sum(exp_shifted, axis=spatial_axes(ndim))
         has_mass = total != 0  # False only for an all -inf heatmap; NaN stays NaN
         inv_total = xp.where(has_mass, 1.0 / nonzero_or(xp, total, 1.0), 0.0 * total)
-        p = xp.where(
-            keep_spatial(xp, has_mass, ndim),
-            exp_shifted * keep_spatial(xp, inv_total, ndim),
-            1.0 / spatial_size(u, ndim),
-        )
+        # An all -inf heatmap keeps P = 0 (inv_total is 0): coordinates 0 as for the uniform
+        # heatmap it stands for, and a zero gradient.
+        p = exp_shifted * keep_spatial(xp, inv_total, ndim)
         grids = list(self.coordinate_grids(xp, logits, ndim))
         mu = expectation.expected_coordinates(xp, expectation.marginals(xp, p, ndim), grids)
         lse = xp.reshape(peak, total.shape) + xp.log(nonzero_or(xp, total, 1.0))

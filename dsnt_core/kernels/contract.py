@@ -300,7 +300,8 @@ class Kernels(Protocol):
         residuals : SoftArgmaxResiduals
             ``lse`` and ``mu`` of ``P``, in the compute dtype.
         heatmap : array of the logits' shape and dtype
-            ``P = softmax(logits / T)``.
+            ``P = softmax(logits / T)``; 0 for an all ``-inf`` heatmap (its coordinates are
+            the centre, 0, as for the uniform heatmap it stands for, and its gradient is 0).
         """
         ...
 
