@@ -20,10 +20,24 @@ from ._typing import Array, Namespace
 
 NORMALIZATION_METHODS = ("softmax", "abs", "relu", "sigmoid")
 REGULARIZERS = ("js", "kl", "var", None)
+DISTANCES = ("euclidean", "l1", "mse")
+"""Per-point distances between predicted and target coordinates (dsntnn's three losses)."""
+UNITS = ("normalized", "pixels")
+"""Units of coordinates: normalised (pixel centres in (-1, 1)) or pixels (pixel ``j`` at ``j``)."""
+CONFIDENCE_METHODS = ("peak", "spread", "entropy")
+"""The scores of `dsnt_core.heatmap_confidence`."""
 
 
-def check_ndim(ndim: object) -> int:
-    """Validate the number of spatial axes (1, 2 or 3).
+FUSED_MAX_NDIM = 3
+"""The most spatial axes the fused operations (``soft_argmax``, ``dsnt_loss``) take."""
+
+
+def check_ndim(ndim: object, max_ndim: int | None = FUSED_MAX_NDIM) -> int:
+    """Validate the number of spatial axes: 1 to ``max_ndim`` (the fused operations), or any ``ndim >= 1``.
+
+    The fused operations keep the default ``max_ndim=3``; the composed functions (``dsnt``,
+    ``flat_softmax``, the regularisers...) pass ``max_ndim=None`` and take any number of
+    spatial axes, as dsntnn does.
 
     ``ndim`` steers Python control flow, so a symbolic size (``target.shape[-1]`` under a
     tracer) is made concrete: ``torch.compile`` and ``torch.export`` specialise it (a guard),
@@ -32,10 +46,23 @@ def check_ndim(ndim: object) -> int:
     """
     if is_symbolic_size(ndim):
         ndim = _concrete_int(ndim, "ndim")
+    if max_ndim is None:
+        if isinstance(ndim, bool) or not isinstance(ndim, int):
+            raise TypeError(f"ndim must be an int (1 or more), got {type(ndim).__name__}")
+        if ndim < 1:
+            raise ValueError(f"ndim must be a positive int (the number of spatial axes), got {ndim}")
+        return ndim
+    allowed = ", ".join(str(n) for n in range(1, max_ndim)) + f" or {max_ndim}"
     if isinstance(ndim, bool) or not isinstance(ndim, int):
-        raise TypeError(f"ndim must be an int (1, 2 or 3), got {type(ndim).__name__}")
-    if ndim not in (1, 2, 3):
-        raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
+        raise TypeError(f"ndim must be an int ({allowed}), got {type(ndim).__name__}")
+    if ndim > max_ndim:
+        raise ValueError(
+            f"ndim must be {allowed}, got {ndim}: the fused soft_argmax and dsnt_loss take at most {max_ndim} "
+            f"spatial axes; for more, compose them: dsnt(flat_softmax(logits, ndim={ndim}), ndim={ndim}) for the "
+            "coordinates, dsnt_core.composed.composed_dsnt_loss for the loss (any ndim >= 1, more memory)"
+        )
+    if ndim < 1:
+        raise ValueError(f"ndim must be {allowed}, got {ndim}")
     return ndim
 
 
@@ -64,6 +91,48 @@ def check_positive_finite(value: object, name: str) -> float:
     if not 0 < value < math.inf:  # comparisons only (no math.isfinite): traceable by torch.compile
         raise ValueError(f"{name} must be positive and finite, got {value}")
     return _as_float(value)
+
+
+def check_sigma(xp: Namespace, sigma: object, coords_shape: tuple[Any, ...], coords_name: str) -> float | Array:
+    """Validate ``sigma``: a positive finite Python number, or a floating array broadcastable to ``coords_shape``.
+
+    ``coords_shape`` is (..., ndim): one standard deviation per point and axis, in pixels.
+    A traced number passes unchecked (as in `check_positive_finite`); an array is checked for
+    its dtype and shape only (its values are the traced program's).
+    """
+    if is_traced_number(sigma) or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)):
+        return check_positive_finite(sigma, "sigma")
+    if not _is_array_like(sigma):
+        raise TypeError(
+            f"sigma must be a positive Python number or a real floating array broadcastable to {tuple(coords_shape)}, "
+            f"got {type(sigma).__name__}"
+        )
+    array = cast(Array, sigma)
+    if not xp.isdtype(array.dtype, "real floating"):
+        raise TypeError(f"sigma must be a positive Python number or a real floating array, got dtype {array.dtype}")
+    if not broadcasts_to(tuple(array.shape), tuple(coords_shape)):
+        raise ValueError(
+            f"sigma must be a positive Python number or an array broadcastable to {tuple(coords_shape)} "
+            f"(the shape of {coords_name}: one value per point and axis, x first), got shape {tuple(array.shape)}"
+        )
+    return array
+
+
+def _is_array_like(value: object) -> bool:
+    """An array with a shape and a dtype (not a Python number)."""
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def broadcasts_to(shape: tuple[Any, ...], target: tuple[Any, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` (symbolic entries are not compared)."""
+    if len(shape) > len(target):
+        return False
+    for n, m in zip(reversed(shape), reversed(target)):
+        if is_symbolic_size(n) or is_symbolic_size(m):
+            continue
+        if n != 1 and n != m:
+            return False
+    return True
 
 
 def check_nonnegative_finite(value: object, name: str) -> float:
@@ -150,8 +219,10 @@ def shapes_match(actual: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:
     return all(a is e or is_symbolic_size(a) or is_symbolic_size(e) or a == e for a, e in zip(actual, expected))
 
 
-def check_size(size: object, name: str, expected_len: int | None = None) -> tuple[int, ...]:
-    """Validate a spatial size: a sequence of 1 to 3 positive ints in array-axis order.
+def check_size(
+    size: object, name: str, expected_len: int | None = None, max_len: int | None = FUSED_MAX_NDIM
+) -> tuple[int, ...]:
+    """Validate a spatial size: 1 to ``max_len`` positive ints (any number for ``None``) in array-axis order.
 
     Entries may be symbolic sizes (``x.shape[-2:]`` under a tracer); only concrete ones are
     checked for positivity.
@@ -161,8 +232,11 @@ def check_size(size: object, name: str, expected_len: int | None = None) -> tupl
     if not isinstance(size, Sequence) or not all(_is_size(n) for n in size):
         raise TypeError(f"{name} must be a sequence of ints in array-axis order (..., H, W), got {size!r}")
     size = tuple(size)
-    if not 1 <= len(size) <= 3 or any(not is_symbolic_size(n) and n <= 0 for n in size):
-        raise ValueError(f"{name} must hold 1 to 3 positive ints, got {size}")
+    if max_len is None:
+        if not size or any(not is_symbolic_size(n) and n <= 0 for n in size):
+            raise ValueError(f"{name} must hold one or more positive ints, got {size}")
+    elif not 1 <= len(size) <= max_len or any(not is_symbolic_size(n) and n <= 0 for n in size):
+        raise ValueError(f"{name} must hold 1 to {max_len} positive ints, got {size}")
     if expected_len is not None and not is_symbolic_size(expected_len) and len(size) != expected_len:
         raise ValueError(
             f"{name} must have {expected_len} entries to match the last axis of the coordinates, got {size}"
@@ -171,4 +245,6 @@ def check_size(size: object, name: str, expected_len: int | None = None) -> tupl
 
 
 def _spatial_names(ndim: int) -> str:
-    return ", ".join(("D", "H", "W")[3 - ndim :])
+    """``"H, W"`` for 2 axes, ``"D, H, W"`` for 3, ``"S4, D, H, W"`` for 4 (extra axes numbered from the last)."""
+    extra = [f"S{k}" for k in range(ndim, 3, -1)]
+    return ", ".join((*extra, *("D", "H", "W")[max(3 - ndim, 0) :]))

@@ -14,12 +14,27 @@ from typing import Any, NoReturn
 
 import torch
 
-from dsnt_core import dsnt_loss, flat_softmax, soft_argmax
+from dsnt_core import dsnt_loss, flat_softmax, heatmap_confidence, normalized_to_pixel, soft_argmax
+from dsnt_core._validation import CONFIDENCE_METHODS, UNITS, check_choice
+
+
+def _pixel_soft_argmax(logits: torch.Tensor, ndim: int, temperature: float) -> torch.Tensor:
+    """``soft_argmax`` in pixel units, converted in float32 or wider before the cast to the logits' dtype.
+
+    16-bit logits are computed in float32 (a float32 copy of the logits), so that the
+    conversion rounds once: a heatmap peaked on a pixel gives that pixel, in bfloat16 too.
+    """
+    wide = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    coords = soft_argmax(wide, ndim=ndim, temperature=temperature)
+    return normalized_to_pixel(coords, tuple(logits.shape[-ndim:])).to(logits.dtype)
+
 
 # Leaf functions for torch.fx.symbolic_trace: each call becomes one call_function node.
 torch.fx.wrap("soft_argmax")
 torch.fx.wrap("flat_softmax")
 torch.fx.wrap("dsnt_loss")
+torch.fx.wrap("_pixel_soft_argmax")
+torch.fx.wrap("heatmap_confidence")
 
 
 def _not_scriptable(module: torch.nn.Module) -> NoReturn:
@@ -49,11 +64,22 @@ class DSNTHead(torch.nn.Module):
         Softmax temperature.
     return_heatmaps : bool
         Also return the normalised heatmaps (computed only when asked for).
+    units : {"normalized", "pixels"}
+        Coordinates normalised to (-1, 1) (pixel centres), or in pixels (pixel ``j`` at ``j``,
+        kornia's ``normalized_coordinates=False``), converted before rounding to the logits'
+        dtype: exact at pixel centres in bfloat16 too (16-bit logits are then computed in
+        float32, through a float32 copy of the logits).
+    return_confidence : bool
+        Also return one confidence score per point, `dsnt_core.heatmap_confidence` of the
+        heatmaps (see there how to threshold it for visibility).
+    confidence : {"peak", "spread", "entropy"}
+        Which score ``return_confidence`` gives.
 
     Raises
     ------
     ValueError
-        If ``in_channels`` and ``num_points`` are not given together, or ``ndim`` is not 1, 2 or 3.
+        If ``in_channels`` and ``num_points`` are not given together, ``ndim`` is not 1, 2 or 3,
+        or ``units`` or ``confidence`` is not one of its choices.
 
     Notes
     -----
@@ -68,6 +94,10 @@ class DSNTHead(torch.nn.Module):
     >>> head = DSNTHead(in_channels=8, num_points=3)
     >>> head(torch.randn(2, 8, 16, 16)).shape
     torch.Size([2, 3, 2])
+    >>> head = DSNTHead(in_channels=8, num_points=3, units="pixels", return_confidence=True, confidence="spread")
+    >>> coords, scores = head(torch.randn(2, 8, 16, 16))
+    >>> coords.shape, scores.shape
+    (torch.Size([2, 3, 2]), torch.Size([2, 3]))
     """
 
     def __init__(
@@ -78,8 +108,13 @@ class DSNTHead(torch.nn.Module):
         ndim: int = 2,
         temperature: float = 1.0,
         return_heatmaps: bool = False,
+        units: str = "normalized",
+        return_confidence: bool = False,
+        confidence: str = "peak",
     ) -> None:
         super().__init__()
+        check_choice(units, "units", UNITS)
+        check_choice(confidence, "confidence", CONFIDENCE_METHODS)
         if (in_channels is None) != (num_points is None):
             raise ValueError(f"in_channels and num_points must be given together, got {in_channels} and {num_points}")
         conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}.get(ndim)
@@ -89,6 +124,7 @@ class DSNTHead(torch.nn.Module):
         if in_channels is not None and num_points is not None:
             self.to_logits = conv(in_channels, num_points, 1)
         self.ndim, self.temperature, self.return_heatmaps = ndim, temperature, return_heatmaps
+        self.units, self.return_confidence, self.confidence = units, return_confidence, confidence
 
     def __prepare_scriptable__(self) -> NoReturn:
         """Called by ``torch.jit.script``: raises, naming the routes that deploy this module.
@@ -100,8 +136,8 @@ class DSNTHead(torch.nn.Module):
         """
         _not_scriptable(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The coordinates of ``x`` (and its heatmaps, with ``return_heatmaps``).
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The coordinates of ``x`` (and its heatmaps, its confidence scores, when asked for).
 
         Parameters
         ----------
@@ -112,16 +148,24 @@ class DSNTHead(torch.nn.Module):
         Returns
         -------
         coords : torch.Tensor of shape (..., ndim)
-            Normalised coordinates in (x, y[, z]) order, one per logit map.
+            Coordinates in (x, y[, z]) order, one per logit map, normalised or in pixels (``units``).
         heatmaps : torch.Tensor
             The normalised heatmaps, of the logits' shape; only with ``return_heatmaps``.
+        confidence : torch.Tensor of shape (...)
+            One score per logit map in [0, 1]; only with ``return_confidence``.
         """
         logits = self.to_logits(x) if self.to_logits is not None else x
-        coords = soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
-        if not self.return_heatmaps:
+        if self.units == "pixels":
+            coords = _pixel_soft_argmax(logits, self.ndim, self.temperature)
+        else:
+            coords = soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
+        if not (self.return_heatmaps or self.return_confidence):
             return coords
         heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=self.temperature)
-        return coords, heatmaps
+        outputs = [coords, heatmaps] if self.return_heatmaps else [coords]
+        if self.return_confidence:
+            outputs.append(heatmap_confidence(heatmaps, ndim=self.ndim, method=self.confidence))
+        return tuple(outputs)
 
 
 class DSNTLoss(torch.nn.Module):

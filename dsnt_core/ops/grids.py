@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._arrays import like_input, size_arange, size_array, size_like
+from .._arrays import like_input, size_arange, size_array, size_like, to_compute
 from .._backends import is_symbolic_size, namespace_of
 from .._typing import Array, ArrayT, Namespace
 from .._validation import check_floating, check_size
@@ -76,6 +76,49 @@ def normalized_linspace(
     return (2.0 * index + (1.0 - n)) / n
 
 
+def pixel_linspace(n: int, *, dtype: Any = None, device: Any = None, xp: Namespace | None = None) -> Array:
+    """Pixel coordinates of the ``n`` pixels along one axis: ``arange(n)``, pixel ``j`` at ``j``.
+
+    The grid of ``units="pixels"`` (kornia's ``normalized_coordinates=False``): exact integers,
+    so an expectation taken with it is exact at pixel centres. Build it in float32 or wider
+    (float16 holds integers exactly up to 2048 only, bfloat16 up to 256).
+
+    Parameters
+    ----------
+    n : int
+        Number of pixels, at least 1; it may be symbolic, as in `normalized_linspace`.
+    dtype : dtype, optional
+        Floating dtype of the result; the namespace's default float when omitted.
+    device : device, optional
+        Device of the result.
+    xp : namespace, optional
+        Array namespace to build with; NumPy (through array-api-compat) when omitted.
+
+    Returns
+    -------
+    array of shape (n,)
+        ``0, 1, ..., n - 1``.
+
+    Examples
+    --------
+    >>> import dsnt_core
+    >>> dsnt_core.pixel_linspace(4).tolist()
+    [0.0, 1.0, 2.0, 3.0]
+    """
+    if not is_symbolic_size(n):
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+    if xp is None:
+        from array_api_compat import numpy as numpy_namespace
+
+        xp = numpy_namespace
+    if dtype is None:
+        dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+    return size_arange(xp, n, dtype=dtype, device=device)
+
+
 def _sizes_along_coordinates(xp: Namespace, coords: Array, size: tuple[int, ...]) -> Array:
     """``size`` reversed into (x, y[, z]) order as an array matching ``coords``."""
     return xp.stack([size_like(xp, n, coords) for n in reversed(size)])
@@ -107,12 +150,14 @@ def pixel_to_normalized(coords: ArrayT, /, size: Any, *, align_corners: bool = F
     """
     xp = namespace_of(coords=coords)
     check_floating(xp, coords, "coords")
-    size = check_size(size, "size", expected_len=coords.shape[-1])
-    n = _sizes_along_coordinates(xp, coords, size)
+    size = check_size(size, "size", expected_len=coords.shape[-1], max_len=None)
+    c = to_compute(xp, coords)
+    n = _sizes_along_coordinates(xp, c, size)
     if align_corners:
-        normalized = xp.where(n > 1, 2.0 * coords / xp.maximum(n - 1.0, xp.ones_like(n)) - 1.0, 0.0 * coords)
+        normalized = xp.where(n > 1, 2.0 * c / xp.maximum(n - 1.0, xp.ones_like(n)) - 1.0, 0.0 * c)
         return like_input(xp, normalized, coords)
-    return like_input(xp, (2.0 * coords + 1.0) / n - 1.0, coords)
+    # (2 j + 1 - n) / n: the same rounding as the grid of normalized_linspace.
+    return like_input(xp, (2.0 * c + (1.0 - n)) / n, coords)
 
 
 def normalized_to_pixel(coords: ArrayT, /, size: Any, *, align_corners: bool = False) -> ArrayT:
@@ -141,8 +186,28 @@ def normalized_to_pixel(coords: ArrayT, /, size: Any, *, align_corners: bool = F
     """
     xp = namespace_of(coords=coords)
     check_floating(xp, coords, "coords")
-    size = check_size(size, "size", expected_len=coords.shape[-1])
+    size = check_size(size, "size", expected_len=coords.shape[-1], max_len=None)
+    return like_input(
+        xp, normalized_means_to_pixels(xp, to_compute(xp, coords), size, align_corners=align_corners), coords
+    )
+
+
+def normalized_means_to_pixels(
+    xp: Namespace, coords: Array, size: tuple[int, ...], *, align_corners: bool = False
+) -> Array:
+    """Normalised coordinates (..., ndim) to pixels, in ``coords``' own dtype, with no checks.
+
+    The helper for fused operations: convert the moments kept in the accumulation dtype
+    (float32 for 16-bit logits) *before* the cast to the output dtype. ``n * c + (n - 1)``
+    (rather than ``(c + 1) * n - 1``) recovers the grid values of `normalized_linspace` closely
+    in float32: pixel 0 of every ``n`` up to 4096 comes back as exactly 0 where float32 division
+    is correctly rounded (NumPy, PyTorch; XLA divides by a constant through its reciprocal, an ulp
+    off at times, which leaves about ``n * 1e-7`` px), and every pixel after the rounding to a
+    16-bit dtype. For exact results in every dtype take the expectation of the pixel grid
+    (`pixel_linspace`) instead. The derivative is ``n_k / 2`` per axis (``(n_k - 1) / 2`` for the
+    corner convention): multiply a pixel-unit cotangent by it for the normalised one.
+    """
     n = _sizes_along_coordinates(xp, coords, size)
     if align_corners:
-        return like_input(xp, (coords + 1.0) * (n - 1.0) / 2.0, coords)
-    return like_input(xp, ((coords + 1.0) * n - 1.0) / 2.0, coords)
+        return (coords + 1.0) * (n - 1.0) / 2.0
+    return (n * coords + (n - 1.0)) / 2.0

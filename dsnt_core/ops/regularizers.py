@@ -9,6 +9,9 @@ The definitions and units match dsntnn, so that it is a direct oracle:
 * ``kl_regularizer`` is ``KL(heatmap || Gaussian)`` and ``js_regularizer`` the
   Jensen-Shannon divergence, both in nats, against a Gaussian of ``sigma`` pixels centred
   on the target. ``0 * log 0`` is taken as 0 exactly, with no epsilon, in every dtype.
+
+``sigma`` is a Python number, or an array broadcastable to (..., ndim): one standard deviation
+per point and axis (x first), differentiable in PyTorch and JAX. Any number of spatial axes.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from .._validation import (
     check_coordinates,
     check_floating,
     check_ndim,
-    check_positive_finite,
+    check_sigma,
     check_spatial,
 )
 from .dsnt import coordinate_grids, marginals, moments
-from .gaussian import log_gaussian_factors
+from .gaussian import log_gaussian_factors, sigma_argument, sigma_array
 
 
 def pixel_variance_scale(xp: Namespace, spatial: tuple[int, ...], like: Array) -> Array:
@@ -40,15 +43,15 @@ def _half_squared(xp: Namespace, n: int, like: Array) -> Array:
     return scalar_like(xp, (n / 2.0) ** 2, like)
 
 
-def _regularizer_inputs(heatmaps: Array, target: Array, sigma: float) -> tuple[Namespace, int, float]:
-    xp = namespace_of(heatmaps=heatmaps, target=target)
+def _regularizer_inputs(heatmaps: Array, target: Array, sigma: float | Array) -> tuple[Namespace, int, float | Array]:
+    xp = namespace_of(heatmaps=heatmaps, target=target, sigma=sigma_argument(sigma))
     check_floating(xp, target, "target")
     if target.ndim < 1:
         raise ValueError(f"target must have shape (..., ndim), got shape {tuple(target.shape)}")
-    ndim = check_ndim(target.shape[-1])
+    ndim = check_ndim(target.shape[-1], max_ndim=None)
     check_spatial(xp, heatmaps, "heatmaps", ndim)
     check_coordinates(xp, target, "target", heatmaps, ndim, "heatmaps")
-    return xp, ndim, check_positive_finite(sigma, "sigma")
+    return xp, ndim, check_sigma(xp, sigma, tuple(target.shape), "target")
 
 
 def _x_log_x_over_y(xp: Namespace, x: Array, log_x: Array, log_y: Array) -> Array:
@@ -62,11 +65,11 @@ def _safe_log(xp: Namespace, x: Array) -> Array:
     return xp.where(x > 0, xp.log(safe_where_positive(xp, x, 1.0)), xp.zeros_like(x))
 
 
-def _log_gaussian(xp: Namespace, target: Array, size: tuple[int, ...], sigma: float) -> Array:
-    return outer_sum(xp, log_gaussian_factors(xp, target, size, sigma))
+def _log_gaussian(xp: Namespace, target: Array, size: tuple[int, ...], sigma: float | Array) -> Array:
+    return outer_sum(xp, log_gaussian_factors(xp, target, size, sigma_array(xp, sigma, target)))
 
 
-def kl_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
+def kl_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float | Array) -> ArrayT:
     """``KL(heatmap || N(target, sigma^2))`` per point, in nats (dsntnn's ``kl_reg_losses``).
 
     Parameters
@@ -75,8 +78,9 @@ def kl_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
         Normalised heatmaps; ``ndim`` is taken from ``target.shape[-1]``.
     target : array of shape (..., ndim)
         Target coordinates (normalised), the centres of the Gaussians.
-    sigma : float
-        Standard deviation of the target Gaussian in pixels.
+    sigma : float or array
+        Standard deviation of the target Gaussian in pixels: a positive number, or an array
+        broadcastable to ``target.shape`` (one per point and axis, x first).
 
     Returns
     -------
@@ -100,7 +104,7 @@ def kl_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
     return like_input(xp, kl, heatmaps)
 
 
-def js_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
+def js_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float | Array) -> ArrayT:
     """Jensen-Shannon divergence between heatmaps and Gaussians, per point, in nats.
 
     ``JS(P, G) = KL(P || M) / 2 + KL(G || M) / 2`` with ``M = (P + G) / 2``
@@ -112,8 +116,9 @@ def js_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
         Normalised heatmaps; ``ndim`` is taken from ``target.shape[-1]``.
     target : array of shape (..., ndim)
         Target coordinates (normalised), the centres of the Gaussians.
-    sigma : float
-        Standard deviation of the target Gaussian in pixels.
+    sigma : float or array
+        Standard deviation of the target Gaussian in pixels: a positive number, or an array
+        broadcastable to ``target.shape`` (one per point and axis, x first).
 
     Returns
     -------
@@ -140,19 +145,20 @@ def js_regularizer(heatmaps: ArrayT, target: Array, /, sigma: float) -> ArrayT:
     return like_input(xp, js, heatmaps)
 
 
-def variance_regularizer(heatmaps: ArrayT, /, sigma: float, *, ndim: int = 2) -> ArrayT:
+def variance_regularizer(heatmaps: ArrayT, /, sigma: float | Array, *, ndim: int = 2) -> ArrayT:
     """Squared error between heatmap variances and ``sigma ** 2``, in pixel units, per point.
 
-    ``sum_k (Var_k * (n_k / 2) ** 2 - sigma ** 2) ** 2`` (dsntnn's ``variance_reg_losses``).
+    ``sum_k (Var_k * (n_k / 2) ** 2 - sigma_k ** 2) ** 2`` (dsntnn's ``variance_reg_losses``).
 
     Parameters
     ----------
     heatmaps : array of shape (..., *spatial)
         Normalised heatmaps.
-    sigma : float
-        Target standard deviation in pixels.
+    sigma : float or array
+        Target standard deviation in pixels: a positive number, or an array broadcastable to
+        (..., ndim) with ``...`` the heatmaps' leading axes (one per point and axis, x first).
     ndim : int
-        Number of spatial axes (1, 2 or 3).
+        Number of spatial axes, any number from 1.
 
     Returns
     -------
@@ -167,11 +173,13 @@ def variance_regularizer(heatmaps: ArrayT, /, sigma: float, *, ndim: int = 2) ->
     >>> float(dsnt_core.variance_regularizer(g, 2.0)) < 1e-12
     True
     """
-    xp = namespace_of(heatmaps=heatmaps)
-    ndim = check_ndim(ndim)
+    xp = namespace_of(heatmaps=heatmaps, sigma=sigma_argument(sigma))
+    ndim = check_ndim(ndim, max_ndim=None)
     check_spatial(xp, heatmaps, "heatmaps", ndim)
-    sigma = check_positive_finite(sigma, "sigma")
+    points = (*heatmaps.shape[: heatmaps.ndim - ndim], ndim)
+    checked = check_sigma(xp, sigma, points, "the coordinates (..., ndim) of the heatmaps")
     p = to_compute(xp, heatmaps)
     _, variances = moments(xp, marginals(xp, p, ndim), coordinate_grids(xp, p, ndim))
-    error = variances * pixel_variance_scale(xp, tuple(p.shape[-ndim:]), p) - sigma**2
+    target_sigma = sigma_array(xp, checked, p)
+    error = variances * pixel_variance_scale(xp, tuple(p.shape[-ndim:]), p) - target_sigma * target_sigma
     return like_input(xp, xp.sum(error * error, axis=-1), heatmaps)

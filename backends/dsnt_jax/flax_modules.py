@@ -1,0 +1,207 @@
+"""Flax (``flax.linen``) modules: a DSNT head and the DSNT loss, mirroring ``dsnt_torch``'s.
+
+They call the core's fused operations, so ``jax.jit``, ``jax.grad`` and ``jax.vmap`` go through
+the JAX adapter's rules (``dsnt_jax.adapter``). Flax lays features out channels-last: the
+head's optional 1x1 convolution takes features of shape (batch, *spatial, in_features), as
+``flax.linen.Conv`` does, and gives one logit map per point, (batch, num_points, *spatial).
+Requires ``flax`` (not a dependency of ``dsnt_jax`` itself): import this module explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsnt_core import dsnt, dsnt_loss, flat_softmax, heatmap_confidence, soft_argmax
+from dsnt_core._validation import CONFIDENCE_METHODS, REGULARIZERS, UNITS, check_choice, check_ndim
+
+__all__ = ["DSNTHead", "DSNTLoss"]
+
+
+def _pixel_soft_argmax(logits: jax.Array, ndim: int, temperature: float) -> jax.Array:
+    """``soft_argmax`` in pixels: the expectation of the pixel grid ``arange(n)``, in float32 or wider.
+
+    The composed route (``flat_softmax``, then ``dsnt(..., units="pixels")``): XLA turns a
+    division by a constant into a multiplication by its reciprocal, so the normalised grid of
+    the fused ``soft_argmax`` can be an ulp off, and its conversion to pixels would leave about
+    ``n * 1e-7`` pixels at pixel centres; the pixel grid is exact.
+    """
+    wide = logits if logits.dtype in (jnp.float32, jnp.float64) else logits.astype(jnp.float32)
+    heatmaps = flat_softmax(wide, ndim=ndim, temperature=temperature)
+    return dsnt(heatmaps, ndim=ndim, units="pixels").astype(logits.dtype)
+
+
+class DSNTHead(nn.Module):
+    """Turn features or logits into coordinates (and optionally the heatmaps and confidence scores).
+
+    The Flax counterpart of ``dsnt_torch.DSNTHead``, with the same options.
+
+    Parameters
+    ----------
+    num_points : int, optional
+        When given, a 1x1 convolution (``flax.linen.Conv``) first maps channels-last features
+        (batch, *spatial, in_features) to one logit map per point, moved to
+        (batch, num_points, *spatial). Without it the input is the logits (..., *spatial).
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    temperature : float
+        Softmax temperature.
+    return_heatmaps : bool
+        Also return the normalised heatmaps.
+    units : {"normalized", "pixels"}
+        Coordinates normalised to (-1, 1) (pixel centres), or in pixels (pixel ``j`` at ``j``):
+        the expectation of the pixel grid in float32 or wider, exact at pixel centres in
+        bfloat16 too (through ``flat_softmax`` and ``dsnt``, not the fused ``soft_argmax``).
+    return_confidence : bool
+        Also return one score per point, `dsnt_core.heatmap_confidence` of the heatmaps.
+    confidence : {"peak", "spread", "entropy"}
+        Which score ``return_confidence`` gives.
+    parent, name : optional
+        Flax's own fields of every ``linen.Module`` (the enclosing module, the name in it).
+
+    Raises
+    ------
+    ValueError
+        If ``ndim`` is not 1, 2 or 3, or ``units`` or ``confidence`` is not one of its choices.
+
+    Examples
+    --------
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from dsnt_jax.flax_modules import DSNTHead
+    >>> head = DSNTHead(num_points=3, return_confidence=True)
+    >>> features = jnp.ones((2, 16, 16, 8))  # channels-last, as flax.linen.Conv
+    >>> params = head.init(jax.random.key(0), features)
+    >>> coords, scores = jax.jit(head.apply)(params, features)
+    >>> coords.shape, scores.shape
+    ((2, 3, 2), (2, 3))
+    """
+
+    num_points: int | None = None
+    ndim: int = 2
+    temperature: float = 1.0
+    return_heatmaps: bool = False
+    units: str = "normalized"
+    return_confidence: bool = False
+    confidence: str = "peak"
+
+    def __post_init__(self) -> None:
+        check_ndim(self.ndim)
+        check_choice(self.units, "units", UNITS)
+        check_choice(self.confidence, "confidence", CONFIDENCE_METHODS)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, ...]:
+        """The coordinates of ``x`` (and its heatmaps, its confidence scores, when asked for).
+
+        Parameters
+        ----------
+        x : jax.Array
+            Channels-last features (batch, *spatial, in_features) when the head has a
+            convolution (``num_points``), else logits (..., *spatial).
+
+        Returns
+        -------
+        coords : jax.Array of shape (..., ndim)
+            Coordinates in (x, y[, z]) order, one per logit map, normalised or in pixels (``units``).
+        heatmaps : jax.Array
+            The normalised heatmaps, of the logits' shape; only with ``return_heatmaps``.
+        confidence : jax.Array of shape (...)
+            One score per logit map in [0, 1]; only with ``return_confidence``.
+        """
+        logits = x
+        if self.num_points is not None:
+            conv = nn.Conv(self.num_points, kernel_size=(1,) * self.ndim, name="to_logits")
+            logits = jnp.moveaxis(conv(x), -1, -(self.ndim + 1))
+        if self.units == "pixels":
+            coords = _pixel_soft_argmax(logits, self.ndim, self.temperature)
+        else:
+            coords = soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
+        if not (self.return_heatmaps or self.return_confidence):
+            return coords
+        heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=self.temperature)
+        outputs = [coords, heatmaps] if self.return_heatmaps else [coords]
+        if self.return_confidence:
+            outputs.append(heatmap_confidence(heatmaps, ndim=self.ndim, method=self.confidence))
+        return tuple(outputs)
+
+
+class DSNTLoss(nn.Module):
+    """The DSNT loss from logits, `dsnt_core.dsnt_loss`, as a Flax module (it has no parameters).
+
+    The Flax counterpart of ``dsnt_torch.DSNTLoss``.
+
+    Parameters
+    ----------
+    sigma : float
+        Target standard deviation of the heatmaps, in pixels.
+    regularizer : {"js", "kl", "var", None}
+        Which regulariser to add.
+    reg_weight : float
+        Its weight.
+    ndim : int
+        Number of spatial axes (1, 2 or 3).
+    temperature : float
+        Softmax temperature.
+    parent, name : optional
+        Flax's own fields of every ``linen.Module`` (the enclosing module, the name in it).
+
+    Raises
+    ------
+    ValueError
+        If ``ndim`` is not 1, 2 or 3, or ``regularizer`` is not one of its choices.
+
+    Examples
+    --------
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from dsnt_jax.flax_modules import DSNTLoss
+    >>> loss = DSNTLoss(sigma=1.0, regularizer="js")
+    >>> logits, target = jnp.zeros((2, 3, 16, 16)), jnp.zeros((2, 3, 2))
+    >>> grad = jax.jit(jax.grad(lambda z: loss.apply({}, z, target)))(logits)
+    >>> grad.shape
+    (2, 3, 16, 16)
+    """
+
+    sigma: float = 1.0
+    regularizer: str | None = "js"
+    reg_weight: float = 1.0
+    ndim: int = 2
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_ndim(self.ndim)
+        check_choice(self.regularizer, "regularizer", REGULARIZERS)
+        super().__post_init__()
+
+    def __call__(self, logits: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> Any:
+        """The loss of ``logits`` against ``target``.
+
+        Parameters
+        ----------
+        logits : jax.Array of shape (..., *spatial)
+            Unnormalised heatmaps, one per point; the last ``ndim`` axes are spatial.
+        target : jax.Array of shape (..., ndim)
+            Target coordinates, normalised pixel-centre convention, (x, y[, z]) order.
+        mask : jax.Array of shape (...), optional
+            Boolean or float weights of the points.
+
+        Returns
+        -------
+        jax.Array
+            The 0-d loss, in the logits' dtype.
+        """
+        return dsnt_loss(
+            logits,
+            target,
+            mask=mask,
+            sigma=self.sigma,
+            regularizer=self.regularizer,
+            reg_weight=self.reg_weight,
+            ndim=self.ndim,
+            temperature=self.temperature,
+        )
