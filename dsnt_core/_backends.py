@@ -3,7 +3,7 @@
 All backend detection of the core lives here. No framework is imported: a torch tensor can
 only exist once ``torch`` has been imported by someone else, so the checks look it up in
 ``sys.modules``. Framework adapters are found through the ``dsnt_core.adapters`` entry-point
-group (``torch = "dsnt_torch.adapter"``, ...), so the core never names them.
+group (``torch = "dsnt_torch.autograd"``, ...), so the core never names them.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def load_adapters_of_imported_libraries() -> None:
     the first call on one of their arrays.
     """
     for library in AUTODIFF_LIBRARIES:
-        if library in sys.modules and library not in _adapters:
+        if sys.modules.get(library) is not None and library not in _adapters:
             _load_adapter(library)
 
 

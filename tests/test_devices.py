@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import array_api_compat
 import numpy as np
 import pytest
+from _support import ARRAY_FUNCTIONS
+from array_api_compat import numpy as numpy_namespace
 
 import dsnt_core
 
 
 def every_public_result(z, t, m, xp):
-    """One call of each public function on logits ``z``, targets ``t`` and mask ``m``."""
+    """One call of each public array function on logits ``z``, targets ``t`` and mask ``m``."""
     heatmaps = dsnt_core.flat_softmax(z)
+    device = array_api_compat.device(z)
     return {
         "normalize_heatmaps": dsnt_core.normalize_heatmaps(z, method="relu"),
         "flat_softmax": heatmaps,
@@ -28,52 +32,64 @@ def every_public_result(z, t, m, xp):
         "dsnt_loss_value_and_grad": dsnt_core.dsnt_loss_value_and_grad(z, t, mask=m)[1],
         "pixel_to_normalized": dsnt_core.pixel_to_normalized(t, (4, 5)),
         "normalized_to_pixel": dsnt_core.normalized_to_pixel(t, (4, 5)),
-        "normalized_linspace": dsnt_core.normalized_linspace(
-            5, xp=xp, dtype=z.dtype, device=__import__("array_api_compat").device(z)
+        "normalized_linspace": dsnt_core.normalized_linspace(5, xp=xp, dtype=z.dtype, device=device),
+        "pixel_linspace": dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype, device=device),
+        "linear_expectation": dsnt_core.linear_expectation(
+            heatmaps,
+            [
+                dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype, device=device),
+                dsnt_core.pixel_linspace(4, xp=xp, dtype=z.dtype, device=device),
+            ],
         ),
+        "heatmap_confidence": dsnt_core.heatmap_confidence(heatmaps),
+        "sharpen_heatmaps": dsnt_core.sharpen_heatmaps(heatmaps, 2.0),
+        "l1_loss": dsnt_core.l1_loss(t, 0.5 * t),
+        "mse_loss": dsnt_core.mse_loss(t, 0.5 * t),
     }
 
 
-def test_array_api_strict_extra_device_is_kept():
-    xp = pytest.importorskip("array_api_strict")
-    device = xp.Device("device1")
+def _expected_on_numpy():
+    """The same calls on NumPy arrays: the values every device must give."""
     rng = np.random.default_rng(0)
-    z = xp.asarray(rng.normal(size=(2, 3, 4, 5)), device=device)
-    t = xp.asarray(rng.uniform(-0.5, 0.5, size=(2, 3, 2)), device=device)
-    m = xp.asarray(np.ones((2, 3), dtype=bool), device=device)
-    results = every_public_result(z, t, m, xp)
-    assert set(results) == set(dsnt_core.__all__)
-    for name, result in results.items():
-        assert result.device == device, name
+    z, t = rng.normal(size=(2, 3, 4, 5)), rng.uniform(-0.5, 0.5, size=(2, 3, 2))
+    return z, t, every_public_result(z, t, np.ones((2, 3), dtype=bool), numpy_namespace)
 
 
-def test_torch_meta_tensors_propagate_shapes():
-    torch = pytest.importorskip("torch")
-    from array_api_compat import torch as xp
+def test_every_public_function_is_covered():
+    assert set(every_public_result(*_expected_on_numpy()[:2], None, numpy_namespace)) == set(ARRAY_FUNCTIONS)
 
-    z = torch.empty(2, 3, 4, 5, device="meta")
-    t = torch.empty(2, 3, 2, device="meta")
-    m = torch.empty(2, 3, device="meta")
-    results = every_public_result(z, t, m, xp)
-    expected_shapes = {"dsnt_loss": (), "average_loss": (), "normalized_linspace": (5,)}
-    for name, result in results.items():
+
+def _check_on_device(backend, device):
+    z_np, t_np, expected = _expected_on_numpy()
+    z, t = backend.asarray(z_np, device=device), backend.asarray(t_np, device=device)
+    m = backend.asarray(np.ones((2, 3), dtype=bool), device=device)
+    for name, result in every_public_result(z, t, m, backend.xp).items():
+        backend.assert_close(result, expected[name], like=z, device=device, rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.backends("array_api_strict")
+def test_array_api_strict_extra_device_is_kept(backend):
+    _check_on_device(backend, backend.xp.Device("device1"))
+
+
+@pytest.mark.backends("jax")
+def test_jax_results_stay_on_the_input_device(backend):
+    import jax
+
+    _check_on_device(backend, jax.devices()[-1])
+
+
+@pytest.mark.backends("torch")
+def test_torch_meta_tensors_propagate_shapes(backend):
+    torch = backend.library
+    z = torch.empty(2, 3, 4, 5, device="meta", dtype=torch.float64)
+    t = torch.empty(2, 3, 2, device="meta", dtype=torch.float64)
+    m = torch.empty(2, 3, device="meta", dtype=torch.float64)
+    _, _, expected = _expected_on_numpy()
+    for name, result in every_public_result(z, t, m, backend.xp).items():
         assert result.device.type == "meta", name
-        if name in expected_shapes:
-            assert tuple(result.shape) == expected_shapes[name], name
-    assert tuple(results["soft_argmax"].shape) == (2, 3, 2)
-    assert tuple(results["dsnt_loss_value_and_grad"].shape) == (2, 3, 4, 5)
+        assert result.dtype == torch.float64, name
+        assert tuple(result.shape) == np.shape(expected[name]), name
     logits = torch.empty(2, 3, 4, 5, device="meta", requires_grad=True)
-    dsnt_core.dsnt_loss(logits, t).backward()
+    dsnt_core.dsnt_loss(logits, t.float()).backward()
     assert logits.grad.device.type == "meta" and logits.grad.shape == logits.shape
-
-
-def test_jax_results_stay_on_the_input_device():
-    jax = pytest.importorskip("jax")
-    import jax.numpy as jnp
-
-    device = jax.devices()[-1]
-    z = jax.device_put(jnp.zeros((2, 3, 4, 5)), device)
-    t = jax.device_put(jnp.zeros((2, 3, 2)), device)
-    m = jax.device_put(jnp.ones((2, 3)), device)
-    for name, result in every_public_result(z, t, m, jnp).items():
-        assert result.devices() == {device}, name

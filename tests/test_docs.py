@@ -7,12 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from _support import skip_reason
+from _support import ROOT, run_in_thread, skip_reason
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
 
 
@@ -32,11 +30,12 @@ def _missing_requirement(code: str) -> str | None:
 
 
 @pytest.mark.parametrize("code", list(python_blocks()))
-def test_documented_code_runs(code):
+def test_documented_code_runs(code, default_kernels):
+    """In a thread of its own, so that the examples' kernel choices end with it (and the default is put back)."""
     reason = _missing_requirement(code)
     if reason:
         pytest.skip(reason)
-    exec(compile(code, "<docs>", "exec"), {})
+    run_in_thread(exec, compile(code, "<docs>", "exec"), {})
 
 
 def test_site_builds_strictly(tmp_path):

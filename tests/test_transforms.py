@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _support import assert_close
+from _support import ARRAY_FUNCTIONS
 
 import dsnt_core
 
@@ -32,102 +32,85 @@ PUBLIC_CALLS = {
     "pixel_to_normalized": lambda z, t, m, xp: dsnt_core.pixel_to_normalized(t, (6, 5)),
     "normalized_to_pixel": lambda z, t, m, xp: dsnt_core.normalized_to_pixel(t, (6, 5)),
     "normalized_linspace": lambda z, t, m, xp: dsnt_core.normalized_linspace(5, xp=xp, dtype=z.dtype) + z[0, 0, 0],
+    "pixel_linspace": lambda z, t, m, xp: dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype) + z[0, 0, 0],
+    "linear_expectation": lambda z, t, m, xp: dsnt_core.linear_expectation(
+        dsnt_core.flat_softmax(z),
+        [dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype), dsnt_core.pixel_linspace(6, xp=xp, dtype=z.dtype)],
+    ),
+    "heatmap_confidence": lambda z, t, m, xp: dsnt_core.heatmap_confidence(dsnt_core.flat_softmax(z), method="spread"),
+    "sharpen_heatmaps": lambda z, t, m, xp: dsnt_core.sharpen_heatmaps(dsnt_core.flat_softmax(z), 2.0),
+    "l1_loss": lambda z, t, m, xp: dsnt_core.l1_loss(dsnt_core.soft_argmax(z), t),
+    "mse_loss": lambda z, t, m, xp: dsnt_core.mse_loss(dsnt_core.soft_argmax(z), t),
 }
 
 
+def _inputs(backend):
+    return backend.asarray(LOGITS), backend.asarray(TARGET), backend.asarray(MASK)
+
+
 def test_every_public_function_is_covered():
-    assert set(PUBLIC_CALLS) == set(dsnt_core.__all__)
+    assert set(PUBLIC_CALLS) == set(ARRAY_FUNCTIONS)
 
 
+@pytest.mark.backends("jax")
 @pytest.mark.parametrize("name", sorted(PUBLIC_CALLS))
-def test_under_jax_jit(name):
-    jax = pytest.importorskip("jax")
-    import jax.numpy as jnp
-
+def test_under_jax_jit(backend, name):
     call = PUBLIC_CALLS[name]
-    args = (jnp.asarray(LOGITS), jnp.asarray(TARGET), jnp.asarray(MASK))
-    eager = call(*args, jnp)
-    jitted = jax.jit(lambda z, t, m: call(z, t, m, jnp))(*args)
-    assert_close(np.asarray(jitted), np.asarray(eager), rtol=1e-12, atol=1e-14)
+    args = _inputs(backend)
+    eager = call(*args, backend.xp)
+    jitted = backend.jit(lambda z, t, m: call(z, t, m, backend.xp))(*args)
+    backend.assert_close(jitted, eager, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.backends("torch")
 @pytest.mark.parametrize("name", sorted(PUBLIC_CALLS))
-def test_under_torch_compile_fullgraph(name):
-    torch = pytest.importorskip("torch")
-    from array_api_compat import torch as xp
-
+def test_under_torch_compile_fullgraph(backend, name):
+    torch = backend.library
     torch._dynamo.reset()
     call = PUBLIC_CALLS[name]
-    args = (torch.from_numpy(LOGITS), torch.from_numpy(TARGET), torch.from_numpy(MASK))
-    compiled = torch.compile(lambda z, t, m: call(z, t, m, xp), fullgraph=True, backend="aot_eager")
-    assert_close(compiled(*args).numpy(), call(*args, xp).numpy(), rtol=1e-12, atol=1e-14)
+    args = _inputs(backend)
+    compiled = torch.compile(lambda z, t, m: call(z, t, m, backend.xp), fullgraph=True, backend="aot_eager")
+    backend.assert_close(compiled(*args), call(*args, backend.xp), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.backends("torch")
 @pytest.mark.parametrize("regularizer", ["js", "var"])
-def test_fused_training_step_under_torch_compile_with_inductor(regularizer):
-    torch = pytest.importorskip("torch")
+def test_fused_training_step_under_torch_compile_with_inductor(backend, regularizer):
+    torch = backend.library
     torch._dynamo.reset()
-    target = torch.from_numpy(TARGET)
+    logits, target, _ = _inputs(backend)
 
-    def step(z):
-        loss = dsnt_core.dsnt_loss(z, target, regularizer=regularizer)
-        (grad,) = torch.autograd.grad(loss, z)
-        return loss, grad
+    def loss_fn(z):
+        return dsnt_core.dsnt_loss(z, target, regularizer=regularizer)
 
-    compiled_loss = torch.compile(lambda z: dsnt_core.dsnt_loss(z, target, regularizer=regularizer), fullgraph=True)
-    z = torch.from_numpy(LOGITS).requires_grad_()
-    loss = compiled_loss(z)
-    (grad,) = torch.autograd.grad(loss, z)
-    expected_loss, expected_grad = step(torch.from_numpy(LOGITS).requires_grad_())
-    assert_close(loss.detach().numpy(), expected_loss.detach().numpy(), rtol=1e-12)
-    assert_close(grad.numpy(), expected_grad.numpy(), rtol=1e-10, atol=1e-14)
+    loss, grad = backend.value_and_grad(torch.compile(loss_fn, fullgraph=True), logits)
+    expected_loss, expected_grad = backend.value_and_grad(loss_fn, logits)
+    backend.assert_close(loss, expected_loss, rtol=1e-12)
+    backend.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-14)
 
 
-def test_torch_func_grad_and_vmap():
-    torch = pytest.importorskip("torch")
+@pytest.mark.backends("torch")
+def test_torch_func_grad_and_vmap(backend):
     from torch.func import grad, vmap
 
-    logits, target = torch.from_numpy(LOGITS), torch.from_numpy(TARGET)
+    logits, target, _ = _inputs(backend)
     per_sample = vmap(grad(lambda z, t: dsnt_core.dsnt_loss(z, t)))(logits, target)
     for i in range(logits.shape[0]):
-        z = logits[i].clone().requires_grad_()
-        (expected,) = torch.autograd.grad(dsnt_core.dsnt_loss(z, target[i]), z)
-        assert_close(per_sample[i].numpy(), expected.numpy(), rtol=1e-10, atol=1e-14)
+        _, expected = backend.value_and_grad(lambda z, i=i: dsnt_core.dsnt_loss(z, target[i]), logits[i])
+        backend.assert_close(per_sample[i], expected, rtol=1e-10, atol=1e-14)
     coords = vmap(lambda z: dsnt_core.soft_argmax(z))(logits)
-    assert_close(coords.numpy(), dsnt_core.soft_argmax(logits).numpy(), rtol=1e-12)
+    backend.assert_close(coords, dsnt_core.soft_argmax(logits), rtol=1e-12)
 
 
-def test_jax_vmap_grad_and_value_and_grad():
-    jax = pytest.importorskip("jax")
-    import jax.numpy as jnp
+@pytest.mark.backends("jax")
+def test_jax_vmap_grad_and_value_and_grad(backend):
+    import jax
 
-    logits, target = jnp.asarray(LOGITS), jnp.asarray(TARGET)
+    logits, target, _ = _inputs(backend)
     per_sample = jax.jit(jax.vmap(jax.grad(lambda z, t: dsnt_core.dsnt_loss(z, t))))(logits, target)
-    value, whole = jax.value_and_grad(lambda z: dsnt_core.dsnt_loss(z[:1], target[:1]))(logits)
-    assert_close(np.asarray(per_sample[0]), np.asarray(whole[0]), rtol=1e-10, atol=1e-14)
+    value, whole = backend.value_and_grad(lambda z: dsnt_core.dsnt_loss(z[:1], target[:1]), logits)
+    backend.assert_close(per_sample[0], whole[0], rtol=1e-10, atol=1e-14)
+    backend.assert_close(whole[1:], np.zeros((1, 3, 6, 5)), like=logits)  # the other sample takes no part
     coords = jax.vmap(lambda z: dsnt_core.soft_argmax(z))(logits)
-    assert_close(np.asarray(coords), np.asarray(dsnt_core.soft_argmax(logits)), rtol=1e-12)
+    backend.assert_close(coords, dsnt_core.soft_argmax(logits), rtol=1e-12)
     assert np.isfinite(float(value))
-
-
-def test_opt_in_compiled_kernels_give_the_eager_results():
-    torch = pytest.importorskip("torch")
-    import dsnt_torch
-
-    target = torch.from_numpy(TARGET)
-
-    def loss_and_grads():
-        z = torch.from_numpy(LOGITS).requires_grad_()
-        loss = dsnt_core.dsnt_loss(z, target, regularizer="js")
-        coords = dsnt_core.soft_argmax(z)
-        (grad,) = torch.autograd.grad(loss + coords.sum(), z)
-        return loss.detach().numpy(), grad.numpy()
-
-    eager = loss_and_grads()
-    dsnt_torch.use_compiled_kernels(True)
-    try:
-        compiled = loss_and_grads()
-    finally:
-        dsnt_torch.use_compiled_kernels(False)
-    assert_close(compiled[0], eager[0], rtol=1e-12)
-    assert_close(compiled[1], eager[1], rtol=1e-9, atol=1e-14)

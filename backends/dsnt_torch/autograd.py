@@ -249,7 +249,7 @@ def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float, kernels:
     >>> from dsnt_torch import autograd
     >>> logits = torch.zeros(1, 4, 4, requires_grad=True)
     >>> autograd.soft_argmax(logits, ndim=2, temperature=1.0, kernels=dsnt_core.kernels.array_api_kernels())
-    tensor([[0., 0.]], grad_fn=<SoftArgmaxFunctionBackward>)
+    tensor([[0., 0.]], grad_fn=<SoftArgmaxKeepingHeatmapFunctionBackward>)
     """
     if torch.jit.is_tracing():  # recorded as tensor operations (see the module's docstring)
         coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, array_api_kernels())
