@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from _support import AUTODIFF, dtype_name
+from _support import AUTODIFF, REGULARIZERS, dtype_name
 
 import dsnt_core
 from dsnt_core.composed import composed_dsnt_loss
@@ -873,3 +873,33 @@ def test_jax_export_with_symbolic_sizes(backend):
     other = _deployment_inputs(backend, 7, 9, 1)
     for got, expected in zip(exported.call(*other), _deployable(*other)):
         backend.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "l1", "mse"])
+@pytest.mark.parametrize("regularizer", [*REGULARIZERS])
+def test_the_fused_loss_takes_every_distance_and_matches_the_composed_form(backend, distance, regularizer):
+    """dsnt_loss(distance=...) against composed_dsnt_loss: value, and gradient where autodiff exists."""
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(2, 3, 7, 6))
+    target_values = rng.uniform(-0.8, 0.8, size=(2, 3, 2))
+    logits, target = backend.asarray(values), backend.asarray(target_values)
+    options = dict(distance=distance, regularizer=regularizer, sigma=1.0, temperature=0.8)
+    fused = dsnt_core.dsnt_loss(logits, target, **options)
+    composed = composed_dsnt_loss(logits, target, **options)
+    np.testing.assert_allclose(backend.to_numpy(fused), backend.to_numpy(composed), rtol=1e-10, atol=1e-12)
+    loss, grad = dsnt_core.dsnt_loss_value_and_grad(np.asarray(values), np.asarray(target_values), **options)
+    np.testing.assert_allclose(loss, backend.to_numpy(composed), rtol=1e-10, atol=1e-12)
+    if backend.name == "torch":
+        import torch
+
+        z = torch.tensor(values, requires_grad=True)
+        (fused_grad,) = torch.autograd.grad(dsnt_core.dsnt_loss(z, torch.tensor(target_values), **options), z)
+        z = torch.tensor(values, requires_grad=True)
+        (composed_grad,) = torch.autograd.grad(composed_dsnt_loss(z, torch.tensor(target_values), **options), z)
+        np.testing.assert_allclose(fused_grad.numpy(), composed_grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grad, composed_grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_an_unknown_distance_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"distance must be one of \['euclidean', 'l1', 'mse'\], got 'cosine'"):
+        dsnt_core.dsnt_loss(np.zeros((1, 4, 4)), np.zeros((1, 2)), distance="cosine")

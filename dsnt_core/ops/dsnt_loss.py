@@ -34,6 +34,7 @@ from .._arrays import (
 from .._backends import adapter_for, namespace_of
 from .._typing import Array, ArrayT, Namespace
 from .._validation import (
+    DISTANCES,
     REGULARIZERS,
     check_choice,
     check_coordinates,
@@ -58,6 +59,7 @@ class LossOptions:
     sigma: float = 1.0
     regularizer: str | None = "js"
     reg_weight: float = 1.0
+    distance: str = "euclidean"
 
     def as_kwargs(self) -> dict[str, Any]:
         """The options as keyword arguments of ``dsnt_loss`` and ``composed_dsnt_loss``."""
@@ -94,6 +96,25 @@ def _present(value: Array | None, what: str) -> Array:
     if value is None:
         raise RuntimeError(f"internal error: {what} is missing from the forward pass's results")
     return value
+
+
+def _point_distance(xp: Namespace, diff: Array, distance: str) -> Array:
+    """The per-point coordinate loss of ``diff = mu - target``: dsntnn's definitions."""
+    if distance == "l1":
+        return xp.mean(xp.abs(diff), axis=-1)
+    if distance == "mse":
+        return xp.mean(diff * diff, axis=-1)
+    return euclidean_norm(xp, diff)
+
+
+def _distance_gradient(xp: Namespace, diff: Array, distance: str) -> Array:
+    """``d distance / d mu`` (..., ndim): ``diff / |diff|`` (0 at 0), ``sign(diff) / ndim``, ``2 diff / ndim``."""
+    ndim = diff.shape[-1]
+    if distance == "l1":
+        return xp.sign(diff) / ndim
+    if distance == "mse":
+        return diff * (2.0 / ndim)
+    return diff / safe_where_positive(xp, euclidean_norm(xp, diff), 1.0)[..., None]
 
 
 def _dot_last(xp: Namespace, a: list[Array], b: list[Array]) -> Array:
@@ -160,7 +181,7 @@ def dsnt_loss_forward(
         mixture=None if gaussian is None else gaussian.factors,
     )
     mu, var = moments(xp, list(stats.margins), list(kernels.coordinate_grids(xp, logits, ndim)))
-    per_point = euclidean_norm(xp, mu - t)
+    per_point = _point_distance(xp, mu - t, options.distance)
     residuals = LossResiduals(stats.lse, mu)
     if options.regularizer is not None:
         inputs = _ForwardInputs(xp, stats, mu, var, spatial, gaussian, options)
@@ -245,7 +266,7 @@ def dsnt_loss_backward(
     scale = to_dtype(xp, cotangent, mu.dtype) * point_weights(xp, mask, tuple(t.shape[:-1]), mu)
 
     diff = mu - t
-    mean_coef = diff * (scale / safe_where_positive(xp, euclidean_norm(xp, diff), 1.0))[..., None]
+    mean_coef = _distance_gradient(xp, diff, options.distance) * scale[..., None]
     terms = _GradientTerms([mean_coef[..., k : k + 1] * grids[k] for k in range(ndim)], xp.sum(mean_coef * mu, axis=-1))
     if options.regularizer is not None:
         inputs = _BackwardInputs(xp, residuals, t, grids, spatial, scale * options.reg_weight, options)
@@ -269,6 +290,7 @@ def _check(
     reg_weight: Any,
     ndim: Any,
     temperature: Any,
+    distance: Any = "euclidean",
 ) -> tuple[Namespace, LossOptions]:
     xp = namespace_of(logits=logits, target=target, mask=mask)
     ndim = check_ndim(ndim)
@@ -281,6 +303,7 @@ def _check(
         sigma=check_positive_finite(sigma, "sigma"),
         regularizer=check_choice(regularizer, "regularizer", REGULARIZERS),
         reg_weight=check_nonnegative_finite(reg_weight, "reg_weight"),
+        distance=check_choice(distance, "distance", DISTANCES),
     )
     return xp, options
 
@@ -296,6 +319,7 @@ def dsnt_loss(
     mask: Array | None = None,
     ndim: int = 2,
     temperature: float = 1.0,
+    distance: str = "euclidean",
 ) -> ArrayT:
     """The DSNT training loss from logits: mean Euclidean error plus a heatmap regulariser.
 
@@ -323,6 +347,8 @@ def dsnt_loss(
         Number of spatial axes (1, 2 or 3).
     temperature : float
         Softmax temperature.
+    distance : {"euclidean", "l1", "mse"}
+        The per-point coordinate loss: `euclidean_loss` (the paper's), `l1_loss` or `mse_loss`.
 
     Returns
     -------
@@ -340,6 +366,7 @@ def dsnt_loss(
     True
     """
     options = dict(sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim, temperature=temperature)
+    options["distance"] = distance
     xp, checked = _check(logits, target, mask, **options)
     kernels = select_kernels(logits)
     adapter = adapter_for(logits)
@@ -360,6 +387,7 @@ def dsnt_loss_value_and_grad(
     mask: Array | None = None,
     ndim: int = 2,
     temperature: float = 1.0,
+    distance: str = "euclidean",
 ) -> tuple[ArrayT, ArrayT]:
     """`dsnt_loss` and its gradient with respect to the logits, for libraries without autodiff.
 
@@ -381,6 +409,8 @@ def dsnt_loss_value_and_grad(
         Number of spatial axes (1, 2 or 3).
     temperature : float
         Softmax temperature.
+    distance : {"euclidean", "l1", "mse"}
+        The per-point coordinate loss: `euclidean_loss` (the paper's), `l1_loss` or `mse_loss`.
 
     Returns
     -------
@@ -399,6 +429,7 @@ def dsnt_loss_value_and_grad(
     ((1, 1, 8, 8), True)
     """
     options = dict(sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim, temperature=temperature)
+    options["distance"] = distance
     xp, checked = _check(logits, target, mask, **options)
     kernels = select_kernels(logits)
     loss, residuals = dsnt_loss_forward(xp, logits, target, mask, checked, kernels)
