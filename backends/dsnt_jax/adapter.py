@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from dsnt_core._temperature import is_array_temperature, tangent_with_temperature
 from dsnt_core.composed import composed_dsnt_loss
 from dsnt_core.kernels import Kernels
 from dsnt_core.ops.dsnt_loss import LossOptions, dsnt_loss_backward, dsnt_loss_forward
@@ -25,21 +26,54 @@ from dsnt_core.ops.soft_argmax import soft_argmax_forward, soft_argmax_jvp
 xp = jnp
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def _soft_argmax(logits: jax.Array, ndim: int, temperature: float, kernels: Kernels) -> jax.Array:
-    coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
+def _is_zero(tangent: Any) -> bool:
+    return tangent is None or isinstance(tangent, SymbolicZero)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+def _soft_argmax(logits: jax.Array, ndim: int, temperature: float, kernels: Kernels, units: str) -> jax.Array:
+    coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, kernels, units=units)
     return cast(jax.Array, coords)
 
 
 @_soft_argmax.defjvp
-def _soft_argmax_jvp(ndim: int, temperature: float, kernels: Kernels, primals: tuple, tangents: tuple) -> tuple:
+def _soft_argmax_jvp(
+    ndim: int, temperature: float, kernels: Kernels, units: str, primals: tuple, tangents: tuple
+) -> tuple:
     (logits,), (tangent,) = primals, tangents
-    coords, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
+    coords, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels, units=units)
 
     def tangent_map(z: jax.Array, res: Any, dz: jax.Array) -> jax.Array:
-        return cast(jax.Array, soft_argmax_jvp(xp, z, res, dz, ndim, temperature))
+        return cast(jax.Array, soft_argmax_jvp(xp, z, res, dz, ndim, temperature, units=units))
 
     return coords, jax.checkpoint(tangent_map)(logits, residuals, tangent)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _soft_argmax_array_temperature(
+    logits: jax.Array, temperature: jax.Array, ndim: int, kernels: Kernels, units: str
+) -> jax.Array:
+    coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, kernels, units=units)
+    return cast(jax.Array, coords)
+
+
+def _soft_argmax_array_temperature_jvp(
+    ndim: int, kernels: Kernels, units: str, primals: tuple, tangents: tuple
+) -> tuple:
+    logits, temperature = primals
+    d_logits, d_temperature = (None if _is_zero(t) else t for t in tangents)
+    coords, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels, units=units)
+    if d_logits is None and d_temperature is None:
+        return coords, jnp.zeros_like(coords)
+
+    def tangent_map(z: jax.Array, t: jax.Array, res: Any, dz: Any, dt: Any) -> jax.Array:
+        moved = dz if dt is None else tangent_with_temperature(xp, z, dz, t, dt, ndim)
+        return cast(jax.Array, soft_argmax_jvp(xp, z, res, moved, ndim, t, units=units))
+
+    return coords, jax.checkpoint(tangent_map)(logits, temperature, residuals, d_logits, d_temperature)
+
+
+_soft_argmax_array_temperature.defjvp(_soft_argmax_array_temperature_jvp, symbolic_zeros=True)
 
 
 def _composed(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions) -> Any:
@@ -50,10 +84,6 @@ def _composed(logits: jax.Array, target: jax.Array, mask: Any, options: LossOpti
 def _dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions, kernels: Kernels) -> Any:
     loss, _ = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
     return cast(jax.Array, loss).astype(logits.dtype)
-
-
-def _is_zero(tangent: Any) -> bool:
-    return tangent is None or isinstance(tangent, SymbolicZero)
 
 
 def _dsnt_loss_jvp(options: LossOptions, kernels: Kernels, primals: tuple, tangents: tuple) -> tuple:
@@ -83,7 +113,9 @@ def _dsnt_loss_jvp(options: LossOptions, kernels: Kernels, primals: tuple, tange
 _dsnt_loss.defjvp(_dsnt_loss_jvp, symbolic_zeros=True)
 
 
-def soft_argmax(logits: jax.Array, *, ndim: int, temperature: float, kernels: Kernels) -> jax.Array:
+def soft_argmax(
+    logits: jax.Array, *, ndim: int, temperature: Any, kernels: Kernels, units: str = "normalized"
+) -> jax.Array:
     """Fused soft-argmax with the core's gradient rule (inputs already validated).
 
     Parameters
@@ -92,15 +124,18 @@ def soft_argmax(logits: jax.Array, *, ndim: int, temperature: float, kernels: Ke
         Unnormalised heatmaps; the last ``ndim`` axes are spatial.
     ndim : int
         Number of spatial axes (1, 2 or 3).
-    temperature : float
-        Softmax temperature.
+    temperature : float or jax.Array
+        Softmax temperature: a number (static), or an array broadcastable to the leading shape
+        (differentiable).
     kernels : Kernels
         The kernel implementation for the call.
+    units : {"normalized", "pixels"}
+        The units of the coordinates.
 
     Returns
     -------
     jax.Array of shape (..., ndim)
-        Normalised coordinates in (x, y[, z]) order, in the logits' dtype.
+        Coordinates in (x, y[, z]) order, in the logits' dtype.
 
     Examples
     --------
@@ -110,7 +145,9 @@ def soft_argmax(logits: jax.Array, *, ndim: int, temperature: float, kernels: Ke
     >>> adapter.soft_argmax(jnp.zeros((1, 4, 4)), ndim=2, temperature=1.0, kernels=array_api_kernels()).tolist()
     [[0.0, 0.0]]
     """
-    return _soft_argmax(logits, ndim, temperature, kernels)
+    if is_array_temperature(temperature):
+        return _soft_argmax_array_temperature(logits, temperature, ndim, kernels, units)
+    return _soft_argmax(logits, ndim, temperature, kernels, units)
 
 
 def dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions, *, kernels: Kernels) -> Any:

@@ -32,8 +32,10 @@ from typing import Any, cast
 import torch
 from array_api_compat import torch as xp
 
+from dsnt_core._temperature import per_heatmap, tangent_with_temperature, temperature_cotangent
 from dsnt_core.composed import composed_dsnt_loss
 from dsnt_core.kernels import Kernels, LossResiduals, SoftArgmaxResiduals, array_api_kernels
+from dsnt_core.kernels.array_api import scaled_logits
 from dsnt_core.ops.dsnt_loss import LossOptions, dsnt_loss_backward, dsnt_loss_forward
 from dsnt_core.ops.soft_argmax import (
     expected_coordinates_of,
@@ -45,9 +47,9 @@ from dsnt_core.ops.soft_argmax import (
 )
 
 
-def _has_forward_tangent(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` carries a forward-mode tangent (``torch.autograd.forward_ad``)."""
-    return torch.autograd.forward_ad.unpack_dual(tensor).tangent is not None
+def _has_forward_tangent(tensor: Any) -> bool:
+    """Whether ``tensor`` is a tensor that carries a forward-mode tangent (``torch.autograd.forward_ad``)."""
+    return isinstance(tensor, torch.Tensor) and torch.autograd.forward_ad.unpack_dual(tensor).tangent is not None
 
 
 def _differentiating_backward(logits: torch.Tensor) -> bool:
@@ -58,38 +60,77 @@ def _differentiating_backward(logits: torch.Tensor) -> bool:
     return torch.is_grad_enabled() or _has_forward_tangent(logits)
 
 
+def _saved_temperature(ctx: Any, temperature: Any) -> tuple[torch.Tensor, ...]:
+    """The temperature among the tensors to save (a tensor), or kept on ``ctx`` (a number)."""
+    ctx.temperature_is_tensor = isinstance(temperature, torch.Tensor)
+    ctx.temperature = None if ctx.temperature_is_tensor else temperature
+    return (temperature,) if ctx.temperature_is_tensor else ()
+
+
+def _restored_temperature(ctx: Any, saved: list[torch.Tensor]) -> Any:
+    """The temperature saved by `_saved_temperature` (the last saved tensor when it is one)."""
+    return saved.pop() if ctx.temperature_is_tensor else ctx.temperature
+
+
+def _temperature_grad(
+    ctx: Any, index: int, grad: torch.Tensor, log_weights: torch.Tensor, temperature: Any, ndim: int
+) -> torch.Tensor | None:
+    """``dL/dT`` when the temperature (input ``index``) is a tensor that needs it, else ``None``."""
+    if not (ctx.temperature_is_tensor and ctx.needs_input_grad[index]):
+        return None
+    return cast(torch.Tensor, temperature_cotangent(xp, grad, log_weights, temperature, ndim))
+
+
+def _logits_tangent(logits: torch.Tensor, d_logits: Any, temperature: Any, d_temperature: Any, ndim: int) -> Any:
+    """The logits' tangent that includes a temperature tangent (``tangent_with_temperature``)."""
+    if d_temperature is None or not isinstance(temperature, torch.Tensor):
+        return d_logits if d_logits is not None else torch.zeros_like(logits)
+    return tangent_with_temperature(xp, logits, d_logits, temperature, d_temperature, ndim)
+
+
 class SoftArgmaxReverseFunction(torch.autograd.Function):
-    """``soft_argmax`` with the core's reverse-mode rule; outputs (coords, lse, mu), the last two not differentiable."""
+    """``soft_argmax`` with the core's reverse-mode rule; outputs (coords, lse, mu), the last two not differentiable.
+
+    Inputs ``(logits, ndim, temperature, kernels, units)``; a tensor temperature gets its gradient too.
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits: torch.Tensor, ndim: int, temperature: float, kernels: Kernels) -> Any:
-        coords, residuals = kernels.wrap_rule(soft_argmax_forward)(xp, logits, ndim, temperature, kernels)
+    def forward(logits: torch.Tensor, ndim: int, temperature: Any, kernels: Kernels, units: str) -> Any:
+        rule = kernels.wrap_rule(soft_argmax_forward)
+        coords, residuals = rule(xp, logits, ndim, temperature, kernels, units=units)
         mu = cast(torch.Tensor, residuals.mu)
         return coords, residuals.lse, mu.clone() if mu is coords else mu
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        logits, ndim, temperature, kernels = inputs
+        logits, ndim, temperature, kernels, units = inputs
         _, lse, mu = output
         ctx.mark_non_differentiable(lse, mu)
-        ctx.save_for_backward(logits, lse, mu)
-        ctx.ndim, ctx.temperature, ctx.kernels = ndim, temperature, kernels
+        ctx.save_for_backward(logits, lse, mu, *_saved_temperature(ctx, temperature))
+        ctx.ndim, ctx.kernels, ctx.units = ndim, kernels, units
 
     @staticmethod
     def backward(ctx: Any, grad_coords: torch.Tensor, _lse: Any, _mu: Any) -> Any:
-        logits, lse, mu = ctx.saved_tensors
+        saved = list(ctx.saved_tensors)
+        temperature = _restored_temperature(ctx, saved)
+        logits, lse, mu = saved
+        ndim, units = ctx.ndim, ctx.units
         if _differentiating_backward(logits):  # residuals must depend on the logits
             kernels = array_api_kernels()
-            _, residuals = soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature, kernels)
-            grad = soft_argmax_backward(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature, kernels)
+            _, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
+            grad = soft_argmax_backward(xp, logits, residuals, grad_coords, ndim, temperature, kernels, units=units)
         else:
             kernels = ctx.kernels
             residuals = SoftArgmaxResiduals(lse, mu)
             rule = kernels.wrap_rule(soft_argmax_backward)
-            grad = rule(xp, logits, residuals, grad_coords, ctx.ndim, ctx.temperature, kernels)
-        return grad, None, None, None
+            grad = rule(xp, logits, residuals, grad_coords, ndim, temperature, kernels, units=units)
+        grad_temperature = None
+        if ctx.temperature_is_tensor and ctx.needs_input_grad[2]:
+            scaled = scaled_logits(xp, logits, per_heatmap(xp, temperature, ndim, residuals.mu.dtype))
+            grad_temperature = _temperature_grad(ctx, 2, grad, scaled, temperature, ndim)
+        return grad, None, grad_temperature, None, None
 
 
 class SoftArgmaxFunction(SoftArgmaxReverseFunction):
@@ -99,14 +140,18 @@ class SoftArgmaxFunction(SoftArgmaxReverseFunction):
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         SoftArgmaxReverseFunction.setup_context(ctx, inputs, output)
         # The same tensors as for backward: torch.func's generated vmap rule expects one set.
-        ctx.save_for_forward(inputs[0], *output[1:])
+        temperature = inputs[2]
+        ctx.save_for_forward(inputs[0], *output[1:], *((temperature,) if ctx.temperature_is_tensor else ()))
 
     @staticmethod
-    def jvp(ctx: Any, d_logits: torch.Tensor, _ndim: None, _temperature: None, _kernels: None) -> Any:
-        logits = ctx.saved_tensors[0]
+    def jvp(ctx: Any, d_logits: Any, _ndim: None, d_temperature: Any, _kernels: None, _units: None) -> Any:
+        saved = list(ctx.saved_tensors)
+        temperature = _restored_temperature(ctx, saved)
+        logits = saved[0]
+        tangent = _logits_tangent(logits, d_logits, temperature, d_temperature, ctx.ndim)
         # Residuals recomputed from the logits: the JVP stays differentiable with respect to them.
-        _, residuals = soft_argmax_forward(xp, logits, ctx.ndim, ctx.temperature, array_api_kernels())
-        d_coords = soft_argmax_jvp(xp, logits, residuals, d_logits, ctx.ndim, ctx.temperature)
+        _, residuals = soft_argmax_forward(xp, logits, ctx.ndim, temperature, array_api_kernels())
+        d_coords = soft_argmax_jvp(xp, logits, residuals, tangent, ctx.ndim, temperature, units=ctx.units)
         return d_coords, None, None
 
 
@@ -116,27 +161,31 @@ class SoftArgmaxKeepingHeatmapFunction(torch.autograd.Function):
     Outputs (coords, mu, P): ``mu`` is not differentiable; ``P`` is, so that differentiating
     the backward pass again (``create_graph=True``) flows through the kept ``P`` into this
     function's own backward, as for any saved output. Used for eager reverse mode; forward
-    mode, ``torch.func`` transforms and ``torch.compile`` take the other classes.
+    mode, ``torch.func`` transforms and ``torch.compile`` take the other classes. A tensor
+    temperature gets its gradient from ``log P``.
     """
 
     @staticmethod
-    def forward(logits: torch.Tensor, ndim: int, temperature: float, kernels: Kernels) -> Any:
-        coords, residuals, heatmap = soft_argmax_forward_keeping_heatmap(xp, logits, ndim, temperature, kernels)
+    def forward(logits: torch.Tensor, ndim: int, temperature: Any, kernels: Kernels, units: str) -> Any:
+        rule = soft_argmax_forward_keeping_heatmap
+        coords, residuals, heatmap = rule(xp, logits, ndim, temperature, kernels, units=units)
         mu = cast(torch.Tensor, residuals.mu)
         return coords, mu.clone() if mu is coords else mu, heatmap
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        _, ndim, temperature, kernels = inputs
+        _, ndim, temperature, kernels, units = inputs
         _, mu, heatmap = output
         ctx.mark_non_differentiable(mu)
         ctx.set_materialize_grads(False)  # no full-size zeros for the unused cotangent of P
-        ctx.save_for_backward(heatmap, mu)
-        ctx.ndim, ctx.temperature, ctx.kernels = ndim, temperature, kernels
+        ctx.save_for_backward(heatmap, mu, *_saved_temperature(ctx, temperature))
+        ctx.ndim, ctx.kernels, ctx.units = ndim, kernels, units
 
     @staticmethod
     def backward(ctx: Any, grad_coords: torch.Tensor | None, _mu: Any, grad_heatmap: torch.Tensor | None) -> Any:
-        heatmap, mu = ctx.saved_tensors
+        saved = list(ctx.saved_tensors)
+        temperature = _restored_temperature(ctx, saved)
+        heatmap, mu = saved
         if grad_coords is None:
             grad_coords = torch.zeros_like(mu)
         kernels = ctx.kernels
@@ -144,9 +193,13 @@ class SoftArgmaxKeepingHeatmapFunction(torch.autograd.Function):
             kernels = array_api_kernels()
             mu = expected_coordinates_of(xp, heatmap, ctx.ndim)
         grad = soft_argmax_backward_from_heatmap(
-            xp, heatmap, mu, grad_coords, grad_heatmap, ctx.ndim, ctx.temperature, kernels
+            xp, heatmap, mu, grad_coords, grad_heatmap, ctx.ndim, temperature, kernels, units=ctx.units
         )
-        return grad, None, None, None
+        grad_temperature = None
+        if ctx.temperature_is_tensor and ctx.needs_input_grad[2]:
+            log_p = torch.log(heatmap.to(mu.dtype))
+            grad_temperature = _temperature_grad(ctx, 2, grad, log_p, temperature, ctx.ndim)
+        return grad, None, grad_temperature, None, None
 
 
 def _keeps_heatmap(logits: torch.Tensor) -> bool:
@@ -239,7 +292,9 @@ class DsntLossFunction(DsntLossReverseFunction):
         return (d_loss, *(None for _ in range(ctx.n_residuals)))
 
 
-def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float, kernels: Kernels) -> torch.Tensor:
+def soft_argmax(
+    logits: torch.Tensor, *, ndim: int, temperature: Any, kernels: Kernels, units: str = "normalized"
+) -> torch.Tensor:
     """Fused soft-argmax with the core's gradient rule (inputs already validated).
 
     Examples
@@ -252,13 +307,13 @@ def soft_argmax(logits: torch.Tensor, *, ndim: int, temperature: float, kernels:
     tensor([[0., 0.]], grad_fn=<SoftArgmaxKeepingHeatmapFunctionBackward>)
     """
     if torch.jit.is_tracing():  # recorded as tensor operations (see the module's docstring)
-        coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, array_api_kernels())
+        coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, array_api_kernels(), units=units)
         return cast(torch.Tensor, coords)
-    if _keeps_heatmap(logits):
-        coords, _, _ = SoftArgmaxKeepingHeatmapFunction.apply(logits, ndim, temperature, kernels)
+    if _keeps_heatmap(logits) and not _has_forward_tangent(temperature):
+        coords, _, _ = SoftArgmaxKeepingHeatmapFunction.apply(logits, ndim, temperature, kernels, units)
         return cast(torch.Tensor, coords)
     function = SoftArgmaxReverseFunction if torch.compiler.is_compiling() else SoftArgmaxFunction
-    coords, _, _ = function.apply(logits, ndim, temperature, kernels)
+    coords, _, _ = function.apply(logits, ndim, temperature, kernels, units)
     return coords
 
 

@@ -17,6 +17,7 @@ from .._arrays import (
     to_compute,
     to_dtype,
 )
+from .._temperature import Temperature, divide_by_temperature
 from .._typing import Array, Namespace
 from ..ops import dsnt as expectation
 from ..ops.normalize import shifted_exp
@@ -28,10 +29,9 @@ entry with ``P > 0`` changes, and ``coef * log P`` stays finite for any sane coe
 (the most negative float would overflow to ``-inf`` for ``coef > 1``, and ``0 * -inf`` is NaN)."""
 
 
-def scaled_logits(xp: Namespace, logits: Array, temperature: float) -> Array:
-    """``logits / T`` in the compute dtype."""
-    z = to_compute(xp, logits)
-    return z / temperature if temperature != 1.0 else z
+def scaled_logits(xp: Namespace, logits: Array, temperature: Temperature) -> Array:
+    """``logits / T`` in the compute dtype (``T`` a number, or an array per heatmap)."""
+    return divide_by_temperature(to_compute(xp, logits), temperature)
 
 
 def _floor_at_lowest(xp: Namespace, x: Array) -> Array:
@@ -218,7 +218,7 @@ class ArrayAPIKernels:
         if elementwise is not None:
             inner = inner + to_compute(xp, elementwise)
         grad = to_compute(xp, heatmap) * inner
-        return grad / temperature if temperature != 1.0 else grad
+        return divide_by_temperature(grad, temperature)
 
     def softmax_statistics(
         self,
@@ -328,4 +328,4 @@ class ArrayAPIKernels:
                 log_twice_m = _log_floored_at_tiny(xp, p + outer_product(xp, divergence.factors))
                 inner = inner + (0.5 * coef) * (log_p - log_twice_m)
         grad = p * inner
-        return grad / temperature if temperature != 1.0 else grad
+        return divide_by_temperature(grad, temperature)

@@ -124,6 +124,12 @@ def _sizes_along_coordinates(xp: Namespace, coords: Array, size: tuple[int, ...]
     return xp.stack([size_like(xp, n, coords) for n in reversed(size)])
 
 
+def pixels_per_normalized_unit(xp: Namespace, like: Array, size: tuple[int, ...]) -> Array:
+    """``n_k / 2`` per coordinate (x, y[, z] order) as an array matching ``like``: the derivative of
+    `normalized_means_to_pixels`, which turns a pixel-unit cotangent into a normalised one."""
+    return _sizes_along_coordinates(xp, like, size) / 2.0
+
+
 def pixel_to_normalized(coords: ArrayT, /, size: Any, *, align_corners: bool = False) -> ArrayT:
     """Convert pixel coordinates (pixel ``j`` has its centre at ``j``) to normalised ones.
 

@@ -18,21 +18,58 @@ autodiff; other libraries get the forward here and `soft_argmax_vjp` for trainin
 
 from __future__ import annotations
 
-from .._arrays import keep_spatial, like_input, spatial_axes, to_compute, to_dtype
+from .._arrays import compute_dtype, keep_spatial, like_input, spatial_axes, to_compute, to_dtype
 from .._backends import adapter_for, namespace_of
+from .._temperature import (
+    Temperature,
+    check_temperature,
+    divide_by_temperature,
+    is_array_temperature,
+    per_heatmap,
+    per_point,
+)
 from .._typing import Array, ArrayT, Namespace
-from .._validation import check_coordinates, check_ndim, check_positive_finite, check_spatial
+from .._validation import UNITS, check_choice, check_coordinates, check_ndim, check_spatial
 from ..kernels import Kernels, SoftArgmaxResiduals, array_api_kernels, select_kernels
 from ..kernels.array_api import scaled_logits
 from .dsnt import marginals
+from .grids import normalized_means_to_pixels, pixels_per_normalized_unit
+
+
+def _for_kernels(xp: Namespace, temperature: Temperature, like: Array, ndim: int) -> Temperature:
+    """The temperature as the kernels take it: a number, or an array per heatmap in the compute dtype."""
+    return per_heatmap(xp, temperature, ndim, compute_dtype(xp, like.dtype))
+
+
+def coordinates_in_units(xp: Namespace, mu: Array, spatial: tuple[int, ...], units: str, dtype: object) -> Array:
+    """The normalised means ``mu`` (compute dtype) in ``units``, cast to ``dtype`` last (one rounding)."""
+    if units == "pixels":
+        mu = normalized_means_to_pixels(xp, mu, spatial)
+    return to_dtype(xp, mu, dtype)
+
+
+def cotangent_in_normalized_units(xp: Namespace, cotangent: Array, spatial: tuple[int, ...], units: str) -> Array:
+    """A cotangent of coordinates in ``units`` as one of the normalised means (``* n_k / 2`` for pixels)."""
+    if units == "pixels":
+        return cotangent * pixels_per_normalized_unit(xp, cotangent, spatial)
+    return cotangent
 
 
 def soft_argmax_forward(
-    xp: Namespace, logits: Array, ndim: int, temperature: float, kernels: Kernels
+    xp: Namespace,
+    logits: Array,
+    ndim: int,
+    temperature: Temperature,
+    kernels: Kernels,
+    *,
+    units: str = "normalized",
 ) -> tuple[Array, SoftArgmaxResiduals]:
-    """Coordinates of ``softmax(logits / T)`` in the logits' dtype, and the residuals of the rules."""
-    residuals = kernels.softmax_moments(xp, logits, ndim, temperature)
-    return to_dtype(xp, residuals.mu, logits.dtype), residuals
+    """Coordinates of ``softmax(logits / T)`` in ``units`` and the logits' dtype, and the residuals of the rules.
+
+    The residuals' ``mu`` stays in normalised units (the compute dtype).
+    """
+    residuals = kernels.softmax_moments(xp, logits, ndim, _for_kernels(xp, temperature, logits, ndim))
+    return coordinates_in_units(xp, residuals.mu, tuple(logits.shape[-ndim:]), units, logits.dtype), residuals
 
 
 def soft_argmax_backward(
@@ -41,26 +78,37 @@ def soft_argmax_backward(
     residuals: SoftArgmaxResiduals,
     cotangent: Array,
     ndim: int,
-    temperature: float,
+    temperature: Temperature,
     kernels: Kernels,
+    *,
+    units: str = "normalized",
 ) -> Array:
     """Vector-Jacobian product ``d <cotangent, coords> / d logits``, in the logits' dtype."""
     mu = residuals.mu
-    ct = to_dtype(xp, cotangent, mu.dtype)
+    ct = cotangent_in_normalized_units(xp, to_dtype(xp, cotangent, mu.dtype), tuple(logits.shape[-ndim:]), units)
     grids = kernels.coordinate_grids(xp, logits, ndim)
     # <G, P> = sum_k ct_k mu_k is folded into the x factor: one full-size pass fewer.
     per_axis = [ct[..., k : k + 1] * grids[k] for k in range(ndim)]
     per_axis[0] = per_axis[0] - xp.sum(ct * mu, axis=-1)[..., None]
-    grad = kernels.gradient_map(xp, logits, residuals.lse, per_axis, None, ndim, temperature)
+    grad = kernels.gradient_map(
+        xp, logits, residuals.lse, per_axis, None, ndim, _for_kernels(xp, temperature, logits, ndim)
+    )
     return to_dtype(xp, grad, logits.dtype)
 
 
 def soft_argmax_forward_keeping_heatmap(
-    xp: Namespace, logits: Array, ndim: int, temperature: float, kernels: Kernels
+    xp: Namespace,
+    logits: Array,
+    ndim: int,
+    temperature: Temperature,
+    kernels: Kernels,
+    *,
+    units: str = "normalized",
 ) -> tuple[Array, SoftArgmaxResiduals, Array]:
     """`soft_argmax_forward`, and ``P`` in the logits' dtype to keep for the backward pass."""
-    residuals, heatmap = kernels.softmax_heatmap(xp, logits, ndim, temperature)
-    return to_dtype(xp, residuals.mu, logits.dtype), residuals, heatmap
+    residuals, heatmap = kernels.softmax_heatmap(xp, logits, ndim, _for_kernels(xp, temperature, logits, ndim))
+    coords = coordinates_in_units(xp, residuals.mu, tuple(logits.shape[-ndim:]), units, logits.dtype)
+    return coords, residuals, heatmap
 
 
 def soft_argmax_backward_from_heatmap(
@@ -70,14 +118,16 @@ def soft_argmax_backward_from_heatmap(
     cotangent: Array,
     heatmap_cotangent: Array | None,
     ndim: int,
-    temperature: float,
+    temperature: Temperature,
     kernels: Kernels,
+    *,
+    units: str = "normalized",
 ) -> Array:
     """Vector-Jacobian product from the kept ``P``: ``d (<ct, coords> + <ct_P, P>) / d logits``.
 
     ``P * (sum_k ct_k X_k + ct_P - <ct, mu> - <ct_P, P>) / T``, in the heatmap's dtype.
     """
-    ct = to_dtype(xp, cotangent, mu.dtype)
+    ct = cotangent_in_normalized_units(xp, to_dtype(xp, cotangent, mu.dtype), tuple(heatmap.shape[-ndim:]), units)
     grids = kernels.coordinate_grids(xp, heatmap, ndim)
     per_axis = [ct[..., k : k + 1] * grids[k] for k in range(ndim)]
     const = xp.sum(ct * mu, axis=-1)
@@ -85,7 +135,9 @@ def soft_argmax_backward_from_heatmap(
         weighted = to_dtype(xp, heatmap_cotangent, mu.dtype) * to_dtype(xp, heatmap, mu.dtype)
         const = const + xp.sum(weighted, axis=spatial_axes(ndim))
     per_axis[0] = per_axis[0] - const[..., None]
-    grad = kernels.heatmap_gradient(xp, heatmap, per_axis, heatmap_cotangent, ndim, temperature)
+    grad = kernels.heatmap_gradient(
+        xp, heatmap, per_axis, heatmap_cotangent, ndim, _for_kernels(xp, temperature, heatmap, ndim)
+    )
     return to_dtype(xp, grad, heatmap.dtype)
 
 
@@ -102,33 +154,48 @@ def soft_argmax_jvp(
     residuals: SoftArgmaxResiduals,
     tangent: Array,
     ndim: int,
-    temperature: float,
+    temperature: Temperature,
+    *,
+    units: str = "normalized",
 ) -> Array:
     """Jacobian-vector product: the change of the coordinates along ``tangent`` (array-API code)."""
-    u = scaled_logits(xp, logits, temperature)
+    u = scaled_logits(xp, logits, _for_kernels(xp, temperature, logits, ndim))
     p = xp.exp(u - keep_spatial(xp, residuals.lse, ndim))
     weighted = p * to_dtype(xp, tangent, u.dtype)
     total = xp.sum(weighted, axis=spatial_axes(ndim))
     grids = array_api_kernels().coordinate_grids(xp, logits, ndim)
     coords = [xp.sum(m * g, axis=-1) for m, g in zip(marginals(xp, weighted, ndim), grids)]
-    result = xp.stack(coords, axis=-1) - residuals.mu * total[..., None]
-    if temperature != 1.0:
-        result = result / temperature
+    result = divide_by_temperature(
+        xp.stack(coords, axis=-1) - residuals.mu * total[..., None], per_point(xp, temperature, u.dtype)
+    )
+    if units == "pixels":
+        result = result * pixels_per_normalized_unit(xp, result, tuple(logits.shape[-ndim:]))
     return to_dtype(xp, result, logits.dtype)
 
 
-def _check(logits: Array, ndim: int, temperature: float) -> tuple[Namespace, int, float]:
-    xp = namespace_of(logits=logits)
+def _check(logits: Array, ndim: object, temperature: object, units: object) -> tuple[Namespace, int, Temperature, str]:
+    """Validated ``(xp, ndim, temperature, units)``."""
+    xp = namespace_of(logits=logits, temperature=temperature if is_array_temperature(temperature) else None)
     ndim = check_ndim(ndim)
     check_spatial(xp, logits, "logits", ndim)
-    return xp, ndim, check_positive_finite(temperature, "temperature")
+    checked = check_temperature(xp, temperature, tuple(logits.shape[: logits.ndim - ndim]))
+    units = check_choice(units, "units", UNITS)
+    return xp, ndim, checked, units
 
 
-def soft_argmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) -> ArrayT:
+def kernels_for(logits: Array, temperature: Temperature) -> Kernels:
+    """The kernel implementation for a call: the array-API passes take an array temperature, the others numbers."""
+    return array_api_kernels() if is_array_temperature(temperature) else select_kernels(logits)
+
+
+def soft_argmax(
+    logits: ArrayT, /, *, ndim: int = 2, temperature: float | Array = 1.0, units: str = "normalized"
+) -> ArrayT:
     """Expected coordinates of ``softmax(logits / temperature)``: ``dsnt(flat_softmax(logits))``.
 
     Fused: nothing of heatmap size but the logits is kept for the backward pass. Differentiable in PyTorch
-    and JAX (through their adapters); for other libraries see `soft_argmax_vjp`.
+    and JAX (through their adapters), with respect to an array ``temperature`` too; for other
+    libraries see `soft_argmax_vjp`.
 
     Parameters
     ----------
@@ -136,14 +203,18 @@ def soft_argmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) -
         Unnormalised heatmaps; the last ``ndim`` axes are spatial.
     ndim : int
         Number of spatial axes (1, 2 or 3).
-    temperature : float
-        Softmax temperature.
+    temperature : float or array
+        Softmax temperature: a positive number, or a positive floating array broadcastable to
+        ``logits.shape[:-ndim]`` (one per heatmap or fewer; learnable in PyTorch and JAX). An
+        array is checked for its shape and dtype only.
+    units : {"normalized", "pixels"}
+        Normalised pixel-centre coordinates, or pixels (pixel ``j`` at ``j``), converted from
+        the float32-or-wider moments before the cast to the logits' dtype.
 
     Returns
     -------
     array of shape (..., ndim)
-        Normalised pixel-centre coordinates in (x, y[, z]) order, same library, device and
-        dtype as ``logits``.
+        Coordinates in (x, y[, z]) order, same library, device and dtype as ``logits``.
 
     Examples
     --------
@@ -153,17 +224,28 @@ def soft_argmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) -
     >>> logits[0, 2, 0] = 0.0  # bottom-left pixel
     >>> dsnt_core.soft_argmax(logits).round(6).tolist()
     [[-0.666667, 0.666667]]
+    >>> dsnt_core.soft_argmax(logits, units="pixels").round(6).tolist()
+    [[0.0, 2.0]]
     """
-    xp, ndim, temperature = _check(logits, ndim, temperature)
-    kernels = select_kernels(logits)
+    xp, ndim, temperature, units = _check(logits, ndim, temperature, units)
+    kernels = kernels_for(logits, temperature)
     adapter = adapter_for(logits)
     if adapter is not None:
-        return like_input(xp, adapter.soft_argmax(logits, ndim=ndim, temperature=temperature, kernels=kernels), logits)
-    coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
+        coords = adapter.soft_argmax(logits, ndim=ndim, temperature=temperature, kernels=kernels, units=units)
+        return like_input(xp, coords, logits)
+    coords, _ = soft_argmax_forward(xp, logits, ndim, temperature, kernels, units=units)
     return like_input(xp, coords, logits)
 
 
-def soft_argmax_vjp(logits: ArrayT, cotangent: Array, /, *, ndim: int = 2, temperature: float = 1.0) -> ArrayT:
+def soft_argmax_vjp(
+    logits: ArrayT,
+    cotangent: Array,
+    /,
+    *,
+    ndim: int = 2,
+    temperature: float | Array = 1.0,
+    units: str = "normalized",
+) -> ArrayT:
     """Gradient of ``sum(cotangent * soft_argmax(logits))`` with respect to ``logits``.
 
     For libraries without autodiff (NumPy, CuPy, array-api-strict, Dask).
@@ -173,11 +255,13 @@ def soft_argmax_vjp(logits: ArrayT, cotangent: Array, /, *, ndim: int = 2, tempe
     logits : array of shape (..., *spatial)
         Unnormalised heatmaps; the last ``ndim`` axes are spatial.
     cotangent : array of shape (..., ndim)
-        Gradient of the objective with respect to the coordinates.
+        Gradient of the objective with respect to the coordinates (in ``units``).
     ndim : int
         Number of spatial axes (1, 2 or 3).
-    temperature : float
-        Softmax temperature.
+    temperature : float or array
+        Softmax temperature, as in `soft_argmax`.
+    units : {"normalized", "pixels"}
+        The units of the coordinates, as in `soft_argmax`.
 
     Returns
     -------
@@ -192,9 +276,10 @@ def soft_argmax_vjp(logits: ArrayT, cotangent: Array, /, *, ndim: int = 2, tempe
     >>> abs(float(grad.sum())) < 1e-12, float(grad[0, 0, 3]) > 0
     (True, True)
     """
-    xp, ndim, temperature = _check(logits, ndim, temperature)
+    xp, ndim, temperature, units = _check(logits, ndim, temperature, units)
     namespace_of(logits=logits, cotangent=cotangent)
     check_coordinates(xp, cotangent, "cotangent", logits, ndim, "logits")
-    kernels = select_kernels(logits)
+    kernels = kernels_for(logits, temperature)
     _, residuals = soft_argmax_forward(xp, logits, ndim, temperature, kernels)
-    return like_input(xp, soft_argmax_backward(xp, logits, residuals, cotangent, ndim, temperature, kernels), logits)
+    grad = soft_argmax_backward(xp, logits, residuals, cotangent, ndim, temperature, kernels, units=units)
+    return like_input(xp, grad, logits)
