@@ -248,6 +248,13 @@ def test_soft_argmax_forward_and_backward_match_the_array_api_kernels(data, case
 def test_soft_argmax_runs_the_native_heatmap_passes(monkeypatch):
     calls: list[str] = []
     _counting(monkeypatch, calls)
+    whole = native.extension().soft_argmax_backward_from_heatmap
+
+    def whole_rule(*args, **kwargs):  # the backward rule run whole by NativeKernels.wrap_rule, where it is asked
+        calls.append("heatmap_gradient")
+        return whole(*args, **kwargs)
+
+    monkeypatch.setattr(native.extension(), "soft_argmax_backward_from_heatmap", whole_rule)
     logits = torch.randn(2, 3, 5, 6, requires_grad=True)
     with dsnt_core.use_kernels("torch-native"):
         dsnt_core.soft_argmax(logits).backward(torch.ones(2, 3, 2))

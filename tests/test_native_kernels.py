@@ -19,7 +19,7 @@ from strategies import logits_arrays, targets_for
 import dsnt_core
 from dsnt_core.kernels import Kernels
 
-pytestmark = [pytest.mark.backends("torch"), pytest.mark.kernels("torch-native")]
+pytestmark = [pytest.mark.backends("torch", gpu=False), pytest.mark.kernels("torch-native")]  # CPU kernels
 
 
 def _compare(backend, logits, target, cotangent, *, rtol, atol, tolerances=None, **options):
@@ -148,23 +148,35 @@ def test_double_backward_works_with_native_passes_on(backend, kernels):
         backend.assert_close(ours, backend.penalty_gradient(lambda z: dsnt_core.dsnt_loss(z, target), logits))
 
 
-def _counting(name, method, calls):
-    """``method`` that records ``name`` in ``calls`` first."""
+def _counting(name, method, calls, *, method_of_a_class=True):
+    """``method`` (or, with ``method_of_a_class=False``, a function) that records ``name`` in ``calls`` first."""
 
     def counted(self, *args, **kwargs):
         calls.append(name)
         return method(self, *args, **kwargs)
 
-    return counted
+    def counted_function(*args, **kwargs):
+        calls.append(name)
+        return method(*args, **kwargs)
+
+    return counted if method_of_a_class else counted_function
 
 
 def test_the_native_passes_are_used_when_chosen(backend, kernels, monkeypatch):
-    """Whatever passes the rules call, the native kernels' own ones run, forward and backward."""
+    """Whatever passes the rules call, the native kernels' own ones run, forward and backward.
+
+    Their own passes, or the extension's whole rules (``NativeKernels.wrap_rule``).
+    """
     contract = {name for name, value in vars(Kernels).items() if inspect.isfunction(value)}
     own = sorted(contract & set(vars(type(kernels))) - {"unavailable_reason", "applies_to", "wrap_rule"})
     calls = []
     for name in own:
         monkeypatch.setattr(type(kernels), name, _counting(name, getattr(type(kernels), name), calls))
+    from dsnt_torch import native
+
+    extension = native.extension()
+    for name in native.WHOLE_RULES:
+        monkeypatch.setattr(extension, name, _counting(name, getattr(extension, name), calls, method_of_a_class=False))
     logits = backend.asarray(np.random.default_rng(8).normal(size=(2, 2, 8, 8)))
     target = backend.asarray(np.zeros((2, 2, 2)))
     for loss in (lambda z: dsnt_core.soft_argmax(z).sum(), lambda z: dsnt_core.dsnt_loss(z, target)):

@@ -22,17 +22,23 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #if defined(__SSE2__)
 #include <xmmintrin.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -368,6 +374,85 @@ void check_per_heatmap(const char* pass, const char* name, const at::Tensor& val
 
 int64_t grain_for(const Layout& l) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(l.size(), 1)); }
 
+// ------------------------------------------------------------------ heatmap-sized outputs
+
+// The passes' heatmap-sized outputs (P, the gradient) come from a small cache of buffers that
+// earlier outputs of the same size have given back. A fresh buffer of that size is a fresh
+// mapping of zeroed pages from the system for glibc's malloc (always above 32 MiB, its largest
+// mmap threshold, and often below), and touching it costs a page fault per 4 KiB: more than the
+// pass itself for (8, 17, 256, 256) float32 logits (35.6 MB: 14 ms of faults against 3 ms of
+// work on the development machine). A training loop asks for the same sizes at every step,
+// so the buffer of the last step's gradient serves the next one. At most kCachedBuffers
+// buffers are kept (the most recently returned ones); release_cached_buffers() frees them.
+class BufferCache {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 20;  // smaller buffers come from malloc's free lists
+  static constexpr size_t kCachedBuffers = 4;
+
+  static BufferCache& instance() {
+    static BufferCache* cache = new BufferCache();  // never destroyed: tensors may be freed at exit
+    return *cache;
+  }
+
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
+        if (it->first == bytes) {
+          void* ptr = it->second;
+          free_.erase(std::next(it).base());
+          return ptr;
+        }
+      }
+    }
+    return c10::alloc_cpu(bytes);
+  }
+
+  void give(void* ptr, size_t bytes) {
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      free_.emplace_back(bytes, ptr);
+      while (free_.size() > kCachedBuffers) {
+        evicted.push_back(free_.front().second);
+        free_.erase(free_.begin());
+      }
+    }
+    for (void* p : evicted) c10::free_cpu(p);
+  }
+
+  void release() {
+    std::vector<std::pair<size_t, void*>> released;
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      released.swap(free_);
+    }
+    for (const auto& entry : released) c10::free_cpu(entry.second);
+  }
+
+  // In a forked child the mutex may have been held by a thread that does not exist there.
+  void after_fork_in_child() { new (&mutex_) std::mutex(); }
+
+ private:
+  BufferCache() {
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork(nullptr, nullptr, [] { BufferCache::instance().after_fork_in_child(); });
+#endif
+  }
+  std::mutex mutex_;
+  std::vector<std::pair<size_t, void*>> free_;  // (bytes, buffer), most recently returned last
+};
+
+// An uninitialised contiguous tensor of this shape and options; heatmap-sized ones from the cache.
+at::Tensor heatmap_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  int64_t count = 1;
+  for (const int64_t s : sizes) count *= s;
+  const size_t bytes = static_cast<size_t>(count) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  if (bytes < BufferCache::kMinBytes) return at::empty(sizes, options);
+  void* data = BufferCache::instance().take(bytes);
+  return at::from_blob(data, sizes, [bytes](void* ptr) { BufferCache::instance().give(ptr, bytes); }, options);
+}
+
 // ---------------------------------------------------------------------------- the passes
 
 template <typename T>
@@ -520,7 +605,7 @@ at::Tensor gradient_impl(const at::Tensor& logits, const Layout& l, double inv_t
                          const std::vector<at::Tensor>& per_axis, const std::optional<at::Tensor>& coef,
                          const std::optional<std::vector<at::Tensor>>& factors) {
   using Vec = Vectorized<T>;
-  at::Tensor grad = at::empty_like(logits);
+  at::Tensor grad = heatmap_output(logits.sizes(), logits.options());
   const T* data = logits.data_ptr<T>();
   T* out = grad.data_ptr<T>();
   const T* lse_p = lse.data_ptr<T>();
@@ -610,7 +695,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_heatmap_impl(const at::Te
   using Vec = Vectorized<T>;
   constexpr bool widened = !std::is_same_v<S, T>;
   const auto compute = logits.options().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor heatmap = at::empty({l.n, l.d, l.h, l.w}, logits.options());
+  at::Tensor heatmap = heatmap_output({l.n, l.d, l.h, l.w}, logits.options());
   at::Tensor lse = at::empty({l.n}, compute), mu = at::empty({l.n, ndim}, compute);
   const S* data = logits.data_ptr<S>();
   S* out = heatmap.data_ptr<S>();
@@ -713,7 +798,7 @@ at::Tensor heatmap_gradient_impl(const at::Tensor& heatmap, const Layout& l, con
   using T = compute_t<S>;
   using Vec = Vectorized<T>;
   constexpr bool widened = !std::is_same_v<S, T>;
-  at::Tensor grad = at::empty({l.n, l.d, l.h, l.w}, heatmap.options().dtype(c10::CppTypeToScalarType<T>::value));
+  at::Tensor grad = heatmap_output({l.n, l.d, l.h, l.w}, heatmap.options().dtype(c10::CppTypeToScalarType<T>::value));
   const S* data = heatmap.data_ptr<S>();
   T* out = grad.data_ptr<T>();
   const T *ax_p = per_axis[0].data_ptr<T>(), *ay_p = per_axis[1].data_ptr<T>(), *az_p = per_axis[2].data_ptr<T>();
@@ -758,6 +843,402 @@ at::Tensor heatmap_gradient_impl(const at::Tensor& heatmap, const Layout& l, con
     run(std::false_type{});
   }
   return grad;
+}
+
+// ------------------------------------------------------------ whole rules, for the plain case
+//
+// The soft_argmax and dsnt_loss rules of dsnt_core.ops (soft_argmax.py, dsnt_loss.py) for the
+// plain case: a number for the temperature and sigma, float32 or float64 heatmaps. The
+// per-heatmap arithmetic of the rules (Gaussian factors, moments, distance, regulariser,
+// the per-axis vectors and constants of the gradient) is done here, around the passes
+// above, so that a forward or backward rule is one call: no small tensor operations, each
+// with its dispatch cost, around the one or two full-size sweeps. native.py runs these
+// through Kernels.wrap_rule and takes the rules of dsnt_core.ops for every other case.
+// grids = (gx, gy, gz) are the rules' pixel-centre grids (coordinate_grids) in the heatmaps'
+// dtype, a missing axis as the one value 0.
+
+// The regulariser and distance of a LossOptions (dsnt_core.ops.dsnt_loss).
+enum class Regularizer { kNone, kVariance, kKL, kJS };
+enum class Distance { kEuclidean, kL1, kMSE };
+
+template <typename T>
+struct Grids {
+  std::array<const T*, 3> axis;
+  std::array<int64_t, 3> n;
+};
+
+void check_grids(const char* pass, const std::vector<at::Tensor>& grids, const Layout& l, const at::Tensor& logits) {
+  TORCH_CHECK(grids.size() == 3, pass, ": grids must hold 3 tensors (x, y, z), got ", grids.size());
+  for (int k = 0; k < 3; ++k) {
+    check_like_logits(pass, std::string("grids[") + std::to_string(k) + "] (" + kAxisNames[k] + ")", grids[k],
+                      {l.axis(k)}, "(n,), the length of its axis", logits);
+  }
+}
+
+template <typename T>
+Grids<T> grids_of(const std::vector<at::Tensor>& grids, const Layout& l) {
+  return {{grids[0].data_ptr<T>(), grids[1].data_ptr<T>(), grids[2].data_ptr<T>()}, {l.w, l.h, l.d}};
+}
+
+// (N, n_k) per axis k = x, y, z: the lengths of the axes (1 for a missing one).
+std::vector<at::Tensor> per_axis_tensors(const Layout& l, const at::TensorOptions& options) {
+  return {at::empty({l.n, l.w}, options), at::empty({l.n, l.h}, options), at::empty({l.n, l.d}, options)};
+}
+
+template <typename T>
+std::array<T*, 3> pointers(std::vector<at::Tensor>& tensors) {
+  return {tensors[0].data_ptr<T>(), tensors[1].data_ptr<T>(), tensors[2].data_ptr<T>()};
+}
+
+// lse (N,) and mu (N, ndim) of P = softmax(logits / T), in the heatmaps' dtype: the
+// softmax_moments pass. Per heatmap the peak, then one exp sweep that sums exp, exp x, and
+// per row exp for y and z; nothing is written but the results. An all -inf heatmap is
+// uniform (lse = 0, mu the mean of the grids), a NaN or +inf logit makes its results NaN.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> moments_impl(const at::Tensor& logits, const Layout& l, int64_t ndim,
+                                                double inv_temperature, const Grids<T>& g) {
+  using Vec = Vectorized<T>;
+  at::Tensor lse = at::empty({l.n}, logits.options()), mu = at::empty({l.n, ndim}, logits.options());
+  const T* data = logits.data_ptr<T>();
+  T* lse_p = lse.data_ptr<T>();
+  T* mu_p = mu.data_ptr<T>();
+  const T inv_t = static_cast<T>(inv_temperature);
+  const int64_t size = l.size();
+  const T *gx = g.axis[0], *gy = g.axis[1], *gz = g.axis[2];
+
+  at::parallel_for(0, l.n, grain_for(l), [&](int64_t begin, int64_t end) {
+    const FlushSubnormals flush;
+    for (int64_t i = begin; i < end; ++i) {
+      const T* x = data + i * size;
+      T* mu_i = mu_p + i * ndim;
+      const T peak = heatmap_max(x, size) * inv_t;
+      if (std::isinf(peak) && peak < 0) {  // every logit is -inf: uniform, lse = 0
+        lse_p[i] = 0;
+        for (int64_t k = 0; k < ndim; ++k) {
+          T s = 0;
+          for (int64_t j = 0; j < g.n[k]; ++j) s += g.axis[k][j] / static_cast<T>(g.n[k]);
+          mu_i[k] = s;
+        }
+        continue;
+      }
+      if (poisoned(peak)) {
+        const T nan = std::numeric_limits<T>::quiet_NaN();
+        lse_p[i] = nan;
+        std::fill(mu_i, mu_i + ndim, nan);
+        continue;
+      }
+      const Vec v_inv(inv_t), v_peak(peak);
+      Accumulators<T> acc_x;
+      acc_x.fill(Vec(0));
+      Vec acc_y(0), acc_z(0), acc_total(0);
+      for (int64_t z = 0; z < l.d; ++z) {
+        Vec plane(0);
+        for (int64_t y = 0; y < l.h; ++y) {
+          const T* row = x + (z * l.h + y) * l.w;
+          Accumulators<T> row_acc;
+          row_acc.fill(Vec(0));
+          for_each_vector_interleaved<T, kAccumulators>(l.w, [&](int64_t j, int64_t count, auto slot) {
+            const Vec e = first_lanes(fast_exp(load(row + j, count) * v_inv - v_peak), count);  // 0 past the end
+            row_acc[slot] = row_acc[slot] + e;
+            acc_x[slot] = at::vec::fmadd(e, load(gx + j, count), acc_x[slot]);
+          });
+          const Vec row_sum = combined_sum(row_acc);
+          acc_y = at::vec::fmadd(row_sum, Vec(gy[y]), acc_y);
+          plane = plane + row_sum;
+        }
+        acc_z = at::vec::fmadd(plane, Vec(gz[z]), acc_z);
+        acc_total = acc_total + plane;
+      }
+      const T total = lane_sum(acc_total), inv_total = T(1) / total;
+      lse_p[i] = peak + std::log(total);
+      const std::array<T, 3> moments = {lane_sum(combined_sum(acc_x)), lane_sum(acc_y), lane_sum(acc_z)};
+      for (int64_t k = 0; k < ndim; ++k) mu_i[k] = moments[k] * inv_total;
+    }
+  });
+  (void)gz;
+  return {lse, mu};
+}
+
+// The per-axis vectors of the soft_argmax backward rule: a_x = ct_x gx - (<ct, mu> + extra),
+// a_y = ct_y gy, a_z = ct_z gz ((N, 1) zeros for a missing axis).
+template <typename T>
+std::vector<at::Tensor> soft_argmax_per_axis(const at::Tensor& mu, const at::Tensor& cotangent, const Grids<T>& g,
+                                             const Layout& l, int64_t ndim) {
+  std::vector<at::Tensor> per_axis = per_axis_tensors(l, mu.options());
+  const std::array<T*, 3> a = pointers<T>(per_axis);
+  const T* mu_p = mu.data_ptr<T>();
+  const T* ct_p = cotangent.data_ptr<T>();
+  for (int64_t i = 0; i < l.n; ++i) {
+    const T* mu_i = mu_p + i * ndim;
+    const T* ct_i = ct_p + i * ndim;
+    T c = 0;
+    for (int64_t k = 0; k < ndim; ++k) c += ct_i[k] * mu_i[k];
+    for (int k = 0; k < 3; ++k) {
+      T* a_k = a[k] + i * g.n[k];
+      if (k < ndim) {
+        for (int64_t j = 0; j < g.n[k]; ++j) a_k[j] = ct_i[k] * g.axis[k][j];
+      } else {
+        a_k[0] = 0;
+      }
+    }
+    for (int64_t j = 0; j < g.n[0]; ++j) a[0][i * g.n[0] + j] -= c;
+  }
+  return per_axis;
+}
+
+// log g_k (normalised 1-D Gaussian factors of sigma pixels at t, x first) for one point, and
+// with f the factors g_k = exp(max(log g_k, cutoff)) themselves: ops.gaussian.log_gaussian_factors
+// and _arrays.exp_clamped. A missing axis gets log g = 0, g = 1.
+template <typename T>
+void gaussian_factors(const T* t, int64_t ndim, const Grids<T>& g, double sigma, const std::array<T*, 3>& lg,
+                      const std::array<T*, 3>* f) {
+  const T cutoff = static_cast<T>(std::log(static_cast<double>(std::numeric_limits<T>::min())) + 1.0);
+  for (int k = 0; k < 3; ++k) {
+    if (k >= ndim) {
+      lg[k][0] = 0;
+      if (f != nullptr) (*f)[k][0] = 1;
+      continue;
+    }
+    const int64_t n = g.n[k];
+    const double std_dev = 2.0 * sigma / static_cast<double>(n);
+    const T coef = static_cast<T>(-0.5 / (std_dev * std_dev));
+    T peak = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      const T offset = g.axis[k][j] - t[k];
+      lg[k][j] = (offset * offset) * coef;
+      peak = std::max(peak, lg[k][j]);
+    }
+    T s = 0;
+    for (int64_t j = 0; j < n; ++j) s += std::exp(std::max(lg[k][j] - peak, cutoff));
+    const T log_norm = peak + std::log(s);
+    for (int64_t j = 0; j < n; ++j) {
+      lg[k][j] -= log_norm;
+      if (f != nullptr) (*f)[k][j] = std::exp(std::max(lg[k][j], cutoff));
+    }
+  }
+}
+
+// (N, n_k) tensors of log g_k and, for JS, g_k, for every point (target (N, ndim)).
+template <typename T>
+std::pair<std::vector<at::Tensor>, std::optional<std::vector<at::Tensor>>> target_gaussians(
+    const at::Tensor& target, const Grids<T>& g, const Layout& l, int64_t ndim, double sigma, bool with_factors) {
+  std::vector<at::Tensor> log_factors = per_axis_tensors(l, target.options());
+  std::optional<std::vector<at::Tensor>> factors;
+  if (with_factors) factors = per_axis_tensors(l, target.options());
+  const std::array<T*, 3> lg = pointers<T>(log_factors);
+  std::array<T*, 3> f{};
+  if (factors) f = pointers<T>(*factors);
+  const T* t = target.data_ptr<T>();
+  for (int64_t i = 0; i < l.n; ++i) {
+    const std::array<T*, 3> lg_i = {lg[0] + i * l.w, lg[1] + i * l.h, lg[2] + i * l.d};
+    std::array<T*, 3> f_i{};
+    if (factors) f_i = {f[0] + i * l.w, f[1] + i * l.h, f[2] + i * l.d};
+    gaussian_factors(t + i * ndim, ndim, g, sigma, lg_i, factors ? &f_i : nullptr);
+  }
+  return {log_factors, factors};
+}
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  T s = 0;
+  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+// The per-point coordinate loss of diff = mu - target: dsnt_loss._point_distance.
+template <typename T>
+T point_distance(const T* diff, int64_t ndim, Distance distance) {
+  T s = 0;
+  for (int64_t k = 0; k < ndim; ++k) s += distance == Distance::kL1 ? std::abs(diff[k]) : diff[k] * diff[k];
+  if (distance == Distance::kEuclidean) return s > 0 ? std::sqrt(s) : s * T(0);  // NaN stays NaN
+  return s / static_cast<T>(ndim);
+}
+
+// d distance / d mu: dsnt_loss._distance_gradient.
+template <typename T>
+void distance_gradient(const T* diff, int64_t ndim, Distance distance, T* out) {
+  if (distance == Distance::kEuclidean) {
+    const T norm = point_distance(diff, ndim, distance);
+    const T denominator = norm > 0 ? norm : T(1);
+    for (int64_t k = 0; k < ndim; ++k) out[k] = diff[k] / denominator;
+  } else if (distance == Distance::kL1) {
+    for (int64_t k = 0; k < ndim; ++k) {
+      const T sign = std::isnan(diff[k]) ? diff[k] : static_cast<T>((diff[k] > 0) - (diff[k] < 0));
+      out[k] = sign / static_cast<T>(ndim);
+    }
+  } else {
+    const T two_over_ndim = static_cast<T>(2.0 / static_cast<double>(ndim));
+    for (int64_t k = 0; k < ndim; ++k) out[k] = diff[k] * two_over_ndim;
+  }
+}
+
+// (n_k / 2)^2: regularizers.pixel_variance_scale.
+template <typename T>
+T pixel_scale(int64_t n) {
+  const double half = static_cast<double>(n) / 2.0;
+  return static_cast<T>(half * half);
+}
+
+using LossForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>>;
+
+// dsnt_loss_forward: the loss (0-d), lse (N,), mu (N, ndim) and the kept residual (var (N, ndim)
+// for the variance regulariser, the divergence (N,) for KL and JS, None otherwise).
+template <typename T>
+LossForward loss_forward_impl(const at::Tensor& logits, const Layout& l, const at::Tensor& target,
+                              const std::optional<at::Tensor>& weights, const Grids<T>& g, int64_t ndim,
+                              double inv_temperature, double sigma, Regularizer regularizer, double reg_weight,
+                              Distance distance) {
+  const bool divergence = regularizer == Regularizer::kKL || regularizer == Regularizer::kJS;
+  std::vector<at::Tensor> log_factors;
+  std::optional<std::vector<at::Tensor>> factors;
+  if (divergence) {
+    std::tie(log_factors, factors) =
+        target_gaussians<T>(target, g, l, ndim, sigma, regularizer == Regularizer::kJS);
+  }
+  const Statistics stats = statistics_impl<T>(logits, l, inv_temperature, divergence, factors);
+  const auto& margins = std::get<1>(stats);
+  const std::array<const T*, 3> m = {std::get<0>(margins).data_ptr<T>(), std::get<1>(margins).data_ptr<T>(),
+                                     std::get<2>(margins).data_ptr<T>()};
+  at::Tensor mu = at::empty({l.n, ndim}, logits.options());
+  std::optional<at::Tensor> kept;
+  if (regularizer == Regularizer::kVariance) kept = at::empty({l.n, ndim}, logits.options());
+  if (divergence) kept = at::empty({l.n}, logits.options());
+  T* mu_p = mu.data_ptr<T>();
+  T* kept_p = kept ? kept->data_ptr<T>() : nullptr;
+  const T* t_p = target.data_ptr<T>();
+  const T* w_p = weights ? weights->data_ptr<T>() : nullptr;
+  const T mean_weight = static_cast<T>(1.0 / static_cast<double>(std::max<int64_t>(l.n, 1)));
+  const T* ent_p = divergence ? std::get<2>(stats)->data_ptr<T>() : nullptr;
+  const T* mm_p = regularizer == Regularizer::kJS ? std::get<3>(stats)->data_ptr<T>() : nullptr;
+  const T* pm_p = regularizer == Regularizer::kJS ? std::get<4>(stats)->data_ptr<T>() : nullptr;
+  std::array<const T*, 3> lg{}, f{};
+  if (divergence) lg = {log_factors[0].data_ptr<T>(), log_factors[1].data_ptr<T>(), log_factors[2].data_ptr<T>()};
+  if (factors) f = {(*factors)[0].data_ptr<T>(), (*factors)[1].data_ptr<T>(), (*factors)[2].data_ptr<T>()};
+  const T sigma_squared = static_cast<T>(sigma * sigma), weight = static_cast<T>(reg_weight);
+
+  double loss = 0;
+  for (int64_t i = 0; i < l.n; ++i) {
+    T* mu_i = mu_p + i * ndim;
+    std::array<T, 3> var{}, diff{};
+    for (int64_t k = 0; k < ndim; ++k) {
+      const T* m_k = m[k] + i * g.n[k];
+      mu_i[k] = dot(m_k, g.axis[k], g.n[k]);
+      T v = 0;
+      for (int64_t j = 0; j < g.n[k]; ++j) {
+        const T centred = g.axis[k][j] - mu_i[k];
+        v += m_k[j] * (centred * centred);
+      }
+      var[k] = v;
+      diff[k] = mu_i[k] - t_p[i * ndim + k];
+    }
+    T per_point = point_distance(diff.data(), ndim, distance);
+    if (regularizer != Regularizer::kNone) {
+      T term = 0;
+      if (regularizer == Regularizer::kVariance) {
+        for (int64_t k = 0; k < ndim; ++k) {
+          const T error = var[k] * pixel_scale<T>(g.n[k]) - sigma_squared;
+          term += error * error;
+          kept_p[i * ndim + k] = var[k];
+        }
+      } else if (regularizer == Regularizer::kKL) {
+        T cross = 0;
+        for (int64_t k = 0; k < ndim; ++k) cross += dot(m[k] + i * g.n[k], lg[k] + i * g.n[k], g.n[k]);
+        term = ent_p[i] - cross;
+        kept_p[i] = term;
+      } else {
+        T gaussian_neg_entropy = 0;
+        for (int64_t k = 0; k < ndim; ++k) gaussian_neg_entropy += dot(f[k] + i * g.n[k], lg[k] + i * g.n[k], g.n[k]);
+        term = T(0.5) * (ent_p[i] + gaussian_neg_entropy - T(2) * mm_p[i]);
+        kept_p[i] = ent_p[i] - pm_p[i];
+      }
+      per_point = per_point + weight * term;
+    }
+    loss += static_cast<double>((w_p != nullptr ? w_p[i] : mean_weight) * per_point);
+  }
+  return {at::scalar_tensor(static_cast<T>(loss), logits.options()), std::get<0>(stats), mu, kept};
+}
+
+// dsnt_loss_backward: the gradient of cotangent * loss with respect to the logits (N, D, H, W).
+template <typename T>
+at::Tensor loss_backward_impl(const at::Tensor& logits, const Layout& l, const at::Tensor& target,
+                              const std::optional<at::Tensor>& weights, const Grids<T>& g, const at::Tensor& lse,
+                              const at::Tensor& mu, const std::optional<at::Tensor>& kept, double cotangent,
+                              int64_t ndim, double inv_temperature, double sigma, Regularizer regularizer,
+                              double reg_weight, Distance distance) {
+  const bool divergence = regularizer == Regularizer::kKL || regularizer == Regularizer::kJS;
+  std::vector<at::Tensor> log_factors;
+  std::optional<std::vector<at::Tensor>> factors;
+  if (divergence) {
+    std::tie(log_factors, factors) =
+        target_gaussians<T>(target, g, l, ndim, sigma, regularizer == Regularizer::kJS);
+  }
+  std::vector<at::Tensor> per_axis = per_axis_tensors(l, logits.options());
+  const std::array<T*, 3> a = pointers<T>(per_axis);
+  std::optional<at::Tensor> coef;
+  if (divergence) coef = at::empty({l.n}, logits.options());
+  T* coef_p = coef ? coef->data_ptr<T>() : nullptr;
+  const T* mu_p = mu.data_ptr<T>();
+  const T* kept_p = kept ? kept->data_ptr<T>() : nullptr;
+  const T* t_p = target.data_ptr<T>();
+  const T* w_p = weights ? weights->data_ptr<T>() : nullptr;
+  const T mean_weight = static_cast<T>(1.0 / static_cast<double>(std::max<int64_t>(l.n, 1)));
+  std::array<const T*, 3> lg{};
+  if (divergence) lg = {log_factors[0].data_ptr<T>(), log_factors[1].data_ptr<T>(), log_factors[2].data_ptr<T>()};
+  const T ct = static_cast<T>(cotangent), sigma_squared = static_cast<T>(sigma * sigma);
+  const T weight = static_cast<T>(reg_weight), log_two = static_cast<T>(std::log(2.0));
+
+  for (int64_t i = 0; i < l.n; ++i) {
+    const T* mu_i = mu_p + i * ndim;
+    const T scale = ct * (w_p != nullptr ? w_p[i] : mean_weight);
+    std::array<T, 3> diff{}, mean_coef{};
+    for (int64_t k = 0; k < ndim; ++k) diff[k] = mu_i[k] - t_p[i * ndim + k];
+    distance_gradient(diff.data(), ndim, distance, mean_coef.data());
+    T c = 0;
+    for (int k = 0; k < 3; ++k) {
+      T* a_k = a[k] + i * g.n[k];
+      if (k >= ndim) {
+        a_k[0] = 0;
+        continue;
+      }
+      const T coef_k = mean_coef[k] * scale;
+      for (int64_t j = 0; j < g.n[k]; ++j) a_k[j] = coef_k * g.axis[k][j];
+      c += coef_k * mu_i[k];
+    }
+    const T scale_reg = scale * weight;
+    if (regularizer == Regularizer::kVariance) {
+      for (int64_t k = 0; k < ndim; ++k) {
+        const T var = kept_p[i * ndim + k], ps = pixel_scale<T>(g.n[k]);
+        const T var_coef = T(2) * (var * ps - sigma_squared) * ps * scale_reg;
+        T* a_k = a[k] + i * g.n[k];
+        for (int64_t j = 0; j < g.n[k]; ++j) {
+          const T centred = g.axis[k][j] - mu_i[k];
+          a_k[j] += var_coef * centred * centred;
+        }
+        c += var_coef * var;
+      }
+    } else if (regularizer == Regularizer::kKL) {
+      for (int64_t k = 0; k < ndim; ++k) {
+        T* a_k = a[k] + i * g.n[k];
+        const T* lg_k = lg[k] + i * g.n[k];
+        for (int64_t j = 0; j < g.n[k]; ++j) a_k[j] -= scale_reg * lg_k[j];
+      }
+      coef_p[i] = scale_reg;
+      c += scale_reg * kept_p[i];
+    } else if (regularizer == Regularizer::kJS) {
+      coef_p[i] = scale_reg;
+      c += T(0.5) * scale_reg * (kept_p[i] - log_two);
+    }
+    for (int64_t j = 0; j < g.n[0]; ++j) a[0][i * g.n[0] + j] -= c;
+  }
+  switch (regularizer) {
+    case Regularizer::kKL:
+      return gradient_impl<T, DivergenceKind::kKL>(logits, l, inv_temperature, lse, per_axis, coef, std::nullopt);
+    case Regularizer::kJS:
+      return gradient_impl<T, DivergenceKind::kJS>(logits, l, inv_temperature, lse, per_axis, coef, factors);
+    default:
+      return gradient_impl<T, DivergenceKind::kNone>(logits, l, inv_temperature, lse, per_axis, std::nullopt,
+                                                     std::nullopt);
+  }
 }
 
 // ------------------------------------------------------------------------ entry points
@@ -837,6 +1318,109 @@ at::Tensor heatmap_gradient(const at::Tensor& heatmap, const std::vector<at::Ten
   return result;
 }
 
+// (N, ndim) per-point arguments (target, mu, cotangent, var) and their checks.
+void check_per_point(const char* pass, const char* name, const at::Tensor& tensor, const Layout& l, int64_t ndim,
+                     const at::Tensor& logits) {
+  check_like_logits(pass, name, tensor, {l.n, ndim}, "(N, ndim)", logits);
+}
+
+std::tuple<at::Tensor, at::Tensor> soft_argmax_forward(const at::Tensor& logits, const std::vector<at::Tensor>& grids,
+                                                       int64_t ndim, double inv_temperature) {
+  constexpr const char* pass = "soft_argmax_forward";
+  const Layout l = check_heatmaps(pass, logits);
+  check_spatial(pass, "logits", l, ndim, inv_temperature);
+  check_grids(pass, grids, l, logits);
+  std::tuple<at::Tensor, at::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), pass, [&] {
+    result = moments_impl<scalar_t>(logits, l, ndim, inv_temperature, grids_of<scalar_t>(grids, l));
+  });
+  return result;
+}
+
+at::Tensor soft_argmax_backward(const at::Tensor& logits, const std::vector<at::Tensor>& grids, const at::Tensor& lse,
+                                const at::Tensor& mu, const at::Tensor& cotangent, int64_t ndim,
+                                double inv_temperature) {
+  constexpr const char* pass = "soft_argmax_backward";
+  const Layout l = check_heatmaps(pass, logits);
+  check_spatial(pass, "logits", l, ndim, inv_temperature);
+  check_grids(pass, grids, l, logits);
+  check_per_heatmap(pass, "lse", lse, l, logits);
+  check_per_point(pass, "mu", mu, l, ndim, logits);
+  check_per_point(pass, "cotangent", cotangent, l, ndim, logits);
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), pass, [&] {
+    const auto per_axis = soft_argmax_per_axis<scalar_t>(mu, cotangent, grids_of<scalar_t>(grids, l), l, ndim);
+    result = gradient_impl<scalar_t, DivergenceKind::kNone>(logits, l, inv_temperature, lse, per_axis, std::nullopt,
+                                                            std::nullopt);
+  });
+  return result;
+}
+
+at::Tensor soft_argmax_backward_from_heatmap(const at::Tensor& heatmap, const std::vector<at::Tensor>& grids,
+                                             const at::Tensor& mu, const at::Tensor& cotangent, int64_t ndim,
+                                             double inv_temperature) {
+  constexpr const char* pass = "soft_argmax_backward_from_heatmap";
+  const Layout l = check_heatmaps(pass, heatmap, "heatmap", /*allow_16_bit=*/true);
+  check_spatial(pass, "heatmap", l, ndim, inv_temperature);
+  check_grids(pass, grids, l, heatmap);
+  check_per_point(pass, "mu", mu, l, ndim, heatmap);
+  check_per_point(pass, "cotangent", cotangent, l, ndim, heatmap);
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmap.scalar_type(), pass, [&] {
+    using T = compute_t<scalar_t>;
+    const auto per_axis = soft_argmax_per_axis<T>(mu, cotangent, grids_of<T>(grids, l), l, ndim);
+    result = heatmap_gradient_impl<scalar_t>(heatmap, l, per_axis, std::nullopt, inv_temperature);
+  });
+  return result;
+}
+
+// The arguments every loss rule shares.
+void check_loss_arguments(const char* pass, const at::Tensor& logits, const Layout& l, const at::Tensor& target,
+                          const std::optional<at::Tensor>& weights, const std::vector<at::Tensor>& grids,
+                          int64_t ndim, double inv_temperature, double sigma) {
+  check_spatial(pass, "logits", l, ndim, inv_temperature);
+  check_grids(pass, grids, l, logits);
+  check_per_point(pass, "target", target, l, ndim, logits);
+  if (weights) check_per_heatmap(pass, "weights", *weights, l, logits);
+  TORCH_CHECK(std::isfinite(sigma) && sigma > 0, pass, ": sigma must be positive and finite, got ", sigma);
+}
+
+LossForward loss_forward(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weights,
+                         const std::vector<at::Tensor>& grids, int64_t ndim, double inv_temperature, double sigma,
+                         Regularizer regularizer, double reg_weight, Distance distance) {
+  constexpr const char* pass = "loss_forward";
+  const Layout l = check_heatmaps(pass, logits);
+  check_loss_arguments(pass, logits, l, target, weights, grids, ndim, inv_temperature, sigma);
+  LossForward result;
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), pass, [&] {
+    result = loss_forward_impl<scalar_t>(logits, l, target, weights, grids_of<scalar_t>(grids, l), ndim,
+                                         inv_temperature, sigma, regularizer, reg_weight, distance);
+  });
+  return result;
+}
+
+at::Tensor loss_backward(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weights,
+                         const std::vector<at::Tensor>& grids, const at::Tensor& lse, const at::Tensor& mu,
+                         const std::optional<at::Tensor>& kept, double cotangent, int64_t ndim, double inv_temperature,
+                         double sigma, Regularizer regularizer, double reg_weight, Distance distance) {
+  constexpr const char* pass = "loss_backward";
+  const Layout l = check_heatmaps(pass, logits);
+  check_loss_arguments(pass, logits, l, target, weights, grids, ndim, inv_temperature, sigma);
+  check_per_heatmap(pass, "lse", lse, l, logits);
+  check_per_point(pass, "mu", mu, l, ndim, logits);
+  const bool needs_kept = regularizer != Regularizer::kNone;
+  TORCH_CHECK(kept.has_value() == needs_kept, pass, ": kept must be ",
+              needs_kept ? "the forward pass's var or divergence" : "None without a regulariser");
+  if (regularizer == Regularizer::kVariance) check_per_point(pass, "kept (var)", *kept, l, ndim, logits);
+  if (needs_kept && regularizer != Regularizer::kVariance) check_per_heatmap(pass, "kept (divergence)", *kept, l, logits);
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), pass, [&] {
+    result = loss_backward_impl<scalar_t>(logits, l, target, weights, grids_of<scalar_t>(grids, l), lse, mu, kept,
+                                          cotangent, ndim, inv_temperature, sigma, regularizer, reg_weight, distance);
+  });
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -862,4 +1446,34 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "per_axis = [ax, ay, az], elementwise None or of P's shape.",
         py::arg("heatmap"), py::arg("per_axis"), py::arg("elementwise"), py::arg("ndim"),
         py::arg("inv_temperature"));
+  py::enum_<Regularizer>(m, "Regularizer", "The regulariser of the loss rules: none, var, kl or js.")
+      .value("NONE", Regularizer::kNone)
+      .value("VAR", Regularizer::kVariance)
+      .value("KL", Regularizer::kKL)
+      .value("JS", Regularizer::kJS);
+  py::enum_<Distance>(m, "Distance", "The per-point distance of the loss rules: euclidean, l1 or mse.")
+      .value("EUCLIDEAN", Distance::kEuclidean)
+      .value("L1", Distance::kL1)
+      .value("MSE", Distance::kMSE);
+  m.def("release_cached_buffers", [] { BufferCache::instance().release(); },
+        "Free the buffers kept for the next heatmap-sized outputs.");
+  m.def("soft_argmax_forward", &soft_argmax_forward,
+        "(lse, mu) of (N, D, H, W) float32/float64 logits, grids = [gx, gy, gz]: the soft_argmax forward rule.",
+        py::arg("logits"), py::arg("grids"), py::arg("ndim"), py::arg("inv_temperature"));
+  m.def("soft_argmax_backward", &soft_argmax_backward,
+        "The soft_argmax backward rule from the logits, lse (N,), mu and cotangent (N, ndim).", py::arg("logits"),
+        py::arg("grids"), py::arg("lse"), py::arg("mu"), py::arg("cotangent"), py::arg("ndim"),
+        py::arg("inv_temperature"));
+  m.def("soft_argmax_backward_from_heatmap", &soft_argmax_backward_from_heatmap,
+        "The soft_argmax backward rule from a kept P (any float dtype), mu and cotangent (N, ndim).",
+        py::arg("heatmap"), py::arg("grids"), py::arg("mu"), py::arg("cotangent"), py::arg("ndim"),
+        py::arg("inv_temperature"));
+  m.def("loss_forward", &loss_forward,
+        "(loss, lse, mu, kept) of the dsnt_loss forward rule; weights (N,) or None for the mean.", py::arg("logits"),
+        py::arg("target"), py::arg("weights"), py::arg("grids"), py::arg("ndim"), py::arg("inv_temperature"),
+        py::arg("sigma"), py::arg("regularizer"), py::arg("reg_weight"), py::arg("distance"));
+  m.def("loss_backward", &loss_backward, "The gradient of cotangent * loss of the dsnt_loss backward rule.",
+        py::arg("logits"), py::arg("target"), py::arg("weights"), py::arg("grids"), py::arg("lse"), py::arg("mu"),
+        py::arg("kept"), py::arg("cotangent"), py::arg("ndim"), py::arg("inv_temperature"), py::arg("sigma"),
+        py::arg("regularizer"), py::arg("reg_weight"), py::arg("distance"));
 }
