@@ -10,10 +10,10 @@ gradient comes from the logits' gradient ``g``: ``dL/dT = -sum(g * logits / T)``
 
 from __future__ import annotations
 
+import sys
 from typing import Any, cast
 
 from ._arrays import scalar_like, spatial_axes, to_dtype
-from ._backends import is_traced_number
 from ._typing import Array, DType, Namespace
 from ._validation import broadcasts_to, check_positive_finite
 
@@ -21,14 +21,23 @@ Temperature = Any
 """``float | Array``: a Python number, or an array in the per-heatmap form (see the module)."""
 
 
-def is_array_temperature(temperature: object) -> bool:
-    """Whether ``temperature`` is an array (not a Python or traced number)."""
-    return hasattr(temperature, "shape") and hasattr(temperature, "dtype") and not is_traced_number(temperature)
+def is_array_value(value: object) -> bool:
+    """Whether an option such as ``temperature`` or ``sigma`` is an array (a JAX tracer included), not a number.
+
+    Python numbers and ``torch.SymFloat``/``SymInt`` (numbers under ``torch.compile``) are
+    numbers; nothing else is asked of them (``hasattr`` on a symbolic number breaks a graph).
+    """
+    if isinstance(value, (int, float)):
+        return False
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return False
+    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def is_unit_temperature(temperature: object) -> bool:
     """Whether dividing by ``temperature`` can be skipped: the Python number 1."""
-    return not is_array_temperature(temperature) and temperature == 1.0
+    return not is_array_value(temperature) and temperature == 1.0
 
 
 def divide_by_temperature(x: Array, temperature: Temperature) -> Array:
@@ -43,7 +52,7 @@ def check_temperature(xp: Namespace, temperature: object, leading_shape: tuple[A
     heatmap at most). An array is checked for its dtype and shape only (its values may be a
     traced program's); it must be positive, as a number must.
     """
-    if not is_array_temperature(temperature):
+    if not is_array_value(temperature):
         return check_positive_finite(temperature, "temperature")
     array = cast(Array, temperature)
     if not xp.isdtype(array.dtype, "real floating"):
@@ -60,14 +69,14 @@ def check_temperature(xp: Namespace, temperature: object, leading_shape: tuple[A
 
 def per_heatmap(xp: Namespace, temperature: Temperature, ndim: int, dtype: DType) -> Temperature:
     """An array temperature reshaped to broadcast against (..., *spatial), in ``dtype``; a number unchanged."""
-    if not is_array_temperature(temperature):
+    if not is_array_value(temperature):
         return temperature
     return to_dtype(xp, xp.reshape(temperature, (*temperature.shape, *((1,) * ndim))), dtype)
 
 
 def per_point(xp: Namespace, temperature: Temperature, dtype: DType) -> Temperature:
     """An array temperature reshaped to broadcast against per-point values (..., ndim), in ``dtype``."""
-    if not is_array_temperature(temperature):
+    if not is_array_value(temperature):
         return temperature
     return to_dtype(xp, xp.reshape(temperature, (*temperature.shape, 1)), dtype)
 
@@ -80,8 +89,7 @@ def temperature_cotangent(xp: Namespace, grad: Array, scaled_logits: Array, temp
     with ``u = -inf`` have ``P = 0`` for every ``T`` and contribute 0.
     """
     grad = to_dtype(xp, grad, scaled_logits.dtype)
-    product = xp.where(scaled_logits == -xp.inf, scalar_like(xp, 0.0, grad), grad * scaled_logits)
-    per_heatmap_value = -xp.sum(product, axis=spatial_axes(ndim))
+    per_heatmap_value = -xp.sum(grad * _finite_or_zero(xp, scaled_logits), axis=spatial_axes(ndim))
     return to_dtype(xp, sum_to_shape(xp, per_heatmap_value, tuple(temperature.shape)), temperature.dtype)
 
 
@@ -93,10 +101,14 @@ def tangent_with_temperature(
     ``d(z / T) = (dz - z dT / T) / T``: the rules' JVP with ``dz - z dT / T`` in place of ``dz``.
     Pixels with ``z = -inf`` get 0 (their ``P`` is 0 for every ``T``).
     """
-    z = logits
     ratio = xp.reshape(d_temperature / temperature, (*temperature.shape, *((1,) * ndim)))
-    shift = xp.where(z == -xp.inf, scalar_like(xp, 0.0, z), z * to_dtype(xp, ratio, z.dtype))
+    shift = _finite_or_zero(xp, logits) * to_dtype(xp, ratio, logits.dtype)
     return -shift if d_logits is None else d_logits - shift
+
+
+def _finite_or_zero(xp: Namespace, x: Array) -> Array:
+    """``x`` with ``-inf`` replaced by 0 *before* any product, so that no derivative meets ``0 * inf``."""
+    return xp.where(x == -xp.inf, scalar_like(xp, 0.0, x), x)
 
 
 def sum_to_shape(xp: Namespace, x: Array, shape: tuple[int, ...]) -> Array:

@@ -2,8 +2,8 @@
 
 It is what a user would write by hand; the fused path must agree with it. It serves as the
 PyTorch fallback when the target itself requires a gradient, and as the naive baseline in
-tests and benchmarks. It also covers what the fused path does not (yet): any number of spatial
-axes, a per-point or per-axis ``sigma`` array, and the L1 or MSE distance.
+tests and benchmarks. It also covers what the fused path does not: any number of spatial axes,
+and gradients with respect to the target, the mask or ``sigma`` in PyTorch.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def composed_dsnt_loss(
     reg_weight: float = 1.0,
     mask: Array | None = None,
     ndim: int = 2,
-    temperature: float = 1.0,
+    temperature: float | Array = 1.0,
     distance: str = "euclidean",
 ) -> ArrayT:
     """`dsnt_core.dsnt_loss` written as a chain of full-size operations.

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from dsnt_core._temperature import is_array_temperature, tangent_with_temperature
+from dsnt_core._temperature import is_array_value, tangent_with_temperature
 from dsnt_core.composed import composed_dsnt_loss
 from dsnt_core.kernels import Kernels
 from dsnt_core.ops.dsnt_loss import LossOptions, dsnt_loss_backward, dsnt_loss_forward
@@ -80,33 +80,44 @@ def _composed(logits: jax.Array, target: jax.Array, mask: Any, options: LossOpti
     return composed_dsnt_loss(logits, target, mask=mask, **options.as_kwargs())
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOptions, kernels: Kernels) -> Any:
+@partial(jax.custom_jvp, nondiff_argnums=(5, 6))
+def _dsnt_loss(
+    logits: jax.Array, target: jax.Array, mask: Any, temperature: Any, sigma: Any, static: LossOptions, kernels: Kernels
+) -> Any:
+    options = static.with_arrays(temperature, sigma)
     loss, _ = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
     return cast(jax.Array, loss).astype(logits.dtype)
 
 
-def _dsnt_loss_jvp(options: LossOptions, kernels: Kernels, primals: tuple, tangents: tuple) -> tuple:
-    logits, target, mask = primals
-    d_logits, d_target, d_mask = tangents
+def _dsnt_loss_jvp(static: LossOptions, kernels: Kernels, primals: tuple, tangents: tuple) -> tuple:
+    logits, target, mask, temperature, sigma = primals
+    d_logits, d_target, d_mask, d_temperature, d_sigma = (None if _is_zero(t) else t for t in tangents)
+    options = static.with_arrays(temperature, sigma)
     computed, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
     loss = cast(jax.Array, computed).astype(logits.dtype)
     out = jnp.zeros_like(loss)
-    if not _is_zero(d_logits):
+    if d_logits is not None or (temperature is not None and d_temperature is not None):
 
-        def tangent_map(z: jax.Array, t: jax.Array, m: Any, res: Any, dz: jax.Array) -> jax.Array:
-            grad = dsnt_loss_backward(xp, z, t, m, res, jnp.ones((), z.dtype), options, kernels)
-            return jnp.sum(cast(jax.Array, grad) * dz).astype(z.dtype)
+        def tangent_map(z: jax.Array, t: jax.Array, m: Any, temp: Any, sig: Any, res: Any, dz: Any, dt: Any) -> Any:
+            opts = static.with_arrays(temp, sig)
+            moved = dz if dt is None else tangent_with_temperature(xp, z, dz, temp, dt, static.ndim)
+            grad = dsnt_loss_backward(xp, z, t, m, res, jnp.ones((), z.dtype), opts, kernels)
+            return jnp.sum(cast(jax.Array, grad) * moved).astype(z.dtype)
 
-        out = out + jax.checkpoint(tangent_map)(logits, target, mask, residuals, d_logits)
-    # The target (and a float mask) rarely need a gradient; when they do, differentiate
+        arguments = (logits, target, mask, temperature, sigma, residuals, d_logits, d_temperature)
+        out = out + jax.checkpoint(tangent_map)(*arguments)
+    # The target, a float mask and sigma rarely need a gradient; when they do, differentiate
     # the composed form with respect to them only.
-    if not _is_zero(d_target):
-        _, t_out = jax.jvp(lambda t: _composed(logits, t, mask, options), (target,), (d_target,))
-        out = out + t_out.astype(out.dtype)
-    if mask is not None and not _is_zero(d_mask):
-        _, m_out = jax.jvp(lambda m: _composed(logits, target, m, options), (mask,), (d_mask,))
-        out = out + m_out.astype(out.dtype)
+    for name, primal, tangent in (("target", target, d_target), ("mask", mask, d_mask), ("sigma", sigma, d_sigma)):
+        if primal is None or tangent is None:
+            continue
+
+        def composed_of(value: Any, name: str = name) -> Any:
+            given = {"target": target, "mask": mask, "sigma": sigma, name: value}
+            return _composed(logits, given["target"], given["mask"], options.with_arrays(None, given["sigma"]))
+
+        _, partial_out = jax.jvp(composed_of, (primal,), (tangent,))
+        out = out + partial_out.astype(out.dtype)
     return loss, out
 
 
@@ -145,7 +156,7 @@ def soft_argmax(
     >>> adapter.soft_argmax(jnp.zeros((1, 4, 4)), ndim=2, temperature=1.0, kernels=array_api_kernels()).tolist()
     [[0.0, 0.0]]
     """
-    if is_array_temperature(temperature):
+    if is_array_value(temperature):
         return _soft_argmax_array_temperature(logits, temperature, ndim, kernels, units)
     return _soft_argmax(logits, ndim, temperature, kernels, units)
 
@@ -181,7 +192,8 @@ def dsnt_loss(logits: jax.Array, target: jax.Array, mask: Any, options: LossOpti
     >>> float(adapter.dsnt_loss(logits, target, None, LossOptions(regularizer=None), kernels=array_api_kernels()))
     0.0
     """
-    return _dsnt_loss(logits, target, mask, options, kernels)
+    static, temperature, sigma = options.arrays_split()
+    return _dsnt_loss(logits, target, mask, temperature, sigma, static, kernels)
 
 
 __all__ = ["dsnt_loss", "soft_argmax"]

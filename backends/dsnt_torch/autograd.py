@@ -219,12 +219,26 @@ def _kept_field(options: LossOptions) -> str | None:
 
 
 class DsntLossReverseFunction(torch.autograd.Function):
-    """``dsnt_loss`` with the core's reverse-mode rule; outputs (loss, lse, mu[, var or divergence])."""
+    """``dsnt_loss`` with the core's reverse-mode rule; outputs (loss, lse, mu[, var or divergence]).
+
+    Inputs ``(logits, target, mask, temperature, sigma, options, kernels)``: ``temperature`` and
+    ``sigma`` are the array fields of the options (`LossOptions.arrays_split`) or ``None``; a
+    tensor temperature gets its gradient.
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits: torch.Tensor, target: torch.Tensor, mask: Any, options: LossOptions, kernels: Kernels) -> Any:
+    def forward(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        mask: Any,
+        temperature: Any,
+        sigma: Any,
+        options: LossOptions,
+        kernels: Kernels,
+    ) -> Any:
+        options = options.with_arrays(temperature, sigma)
         loss, residuals = kernels.wrap_rule(dsnt_loss_forward)(xp, logits, target, mask, options, kernels)
         field = _kept_field(options)
         kept = () if field is None else (getattr(residuals, field),)
@@ -232,36 +246,44 @@ class DsntLossReverseFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        logits, target, mask, options, kernels = inputs
+        logits, target, mask, temperature, sigma, options, kernels = inputs
         residuals = output[1:]
         ctx.mark_non_differentiable(*residuals)
-        ctx.has_mask, ctx.n_residuals = mask is not None, len(residuals)
-        ctx.save_for_backward(logits, target, *((mask,) if ctx.has_mask else ()), *residuals)
+        optional = (mask, temperature, sigma)
+        ctx.present, ctx.n_residuals = tuple(value is not None for value in optional), len(residuals)
+        ctx.save_for_backward(logits, target, *(value for value in optional if value is not None), *residuals)
         ctx.options, ctx.kernels = options, kernels
 
     @staticmethod
-    def _unpack(ctx: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, LossResiduals]:
-        """The saved logits, target, mask and residuals."""
+    def _unpack(ctx: Any) -> tuple[torch.Tensor, torch.Tensor, Any, LossOptions, LossResiduals]:
+        """The saved logits, target, mask, options (arrays put back) and residuals."""
         saved = list(ctx.saved_tensors)
         logits, target = saved[0], saved[1]
-        mask = saved[2] if ctx.has_mask else None
-        lse, mu, *kept = saved[3 if ctx.has_mask else 2 :]
-        field = _kept_field(ctx.options)
-        return logits, target, mask, LossResiduals(lse, mu, **({} if field is None else {field: kept[0]}))
+        rest = iter(saved[2:])
+        mask, temperature, sigma = (next(rest) if present else None for present in ctx.present)
+        lse, mu, *kept = rest
+        options: LossOptions = ctx.options.with_arrays(temperature, sigma)
+        field = _kept_field(options)
+        residuals = LossResiduals(lse, mu, **({} if field is None else {field: kept[0]}))
+        return logits, target, mask, options, residuals
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_residual_grads: Any) -> Any:
-        logits, target, mask, saved_residuals = DsntLossReverseFunction._unpack(ctx)
-        options: LossOptions = ctx.options
+        logits, target, mask, options, saved_residuals = DsntLossReverseFunction._unpack(ctx)
         if _differentiating_backward(logits):  # residuals and rule stay differentiable
             kernels = array_api_kernels()
             _, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
             grad = dsnt_loss_backward(xp, logits, target, mask, residuals, grad_loss, options, kernels)
         else:
-            kernels = ctx.kernels
+            kernels, residuals = ctx.kernels, saved_residuals
             rule = kernels.wrap_rule(dsnt_loss_backward)
-            grad = rule(xp, logits, target, mask, saved_residuals, grad_loss, options, kernels)
-        return grad, None, None, None, None
+            grad = rule(xp, logits, target, mask, residuals, grad_loss, options, kernels)
+        grad_temperature = None
+        temperature = options.temperature
+        if isinstance(temperature, torch.Tensor) and ctx.needs_input_grad[3]:
+            scaled = scaled_logits(xp, logits, per_heatmap(xp, temperature, options.ndim, residuals.mu.dtype))
+            grad_temperature = temperature_cotangent(xp, grad, scaled, temperature, options.ndim)
+        return grad, None, None, grad_temperature, None, None, None
 
 
 class DsntLossFunction(DsntLossReverseFunction):
@@ -270,25 +292,27 @@ class DsntLossFunction(DsntLossReverseFunction):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         DsntLossReverseFunction.setup_context(ctx, inputs, output)
-        logits, target, mask = inputs[:3]
+        logits, target, *optional = inputs[:5]
         # The same tensors as for backward: torch.func's generated vmap rule expects one set.
-        ctx.save_for_forward(logits, target, *((mask,) if ctx.has_mask else ()), *output[1:])
+        ctx.save_for_forward(logits, target, *(value for value in optional if value is not None), *output[1:])
 
     @staticmethod
-    def jvp(ctx: Any, d_logits: torch.Tensor, *_static: None) -> Any:
+    def jvp(
+        ctx: Any, d_logits: Any, _d_target: Any, _d_mask: Any, d_temperature: Any, _d_sigma: Any, *_static: None
+    ) -> Any:
         # d loss = <dL/dz, dz>, with the gradient from the backward rule; the residuals are
         # recomputed from the logits on the array-API kernels, so that the result can be
-        # differentiated again. The target and mask get no tangent here: dsnt_loss takes the
-        # composed path when either requires a gradient.
-        saved = ctx.saved_tensors
-        logits, target, mask = saved[0], saved[1], saved[2] if ctx.has_mask else None
-        options: LossOptions = ctx.options
+        # differentiated again. A temperature tangent moves the logits' tangent
+        # (tangent_with_temperature). The target, mask and sigma get no tangent here:
+        # dsnt_loss takes the composed path when one of them requires a gradient.
+        logits, target, mask, options, _ = DsntLossReverseFunction._unpack(ctx)
         kernels = array_api_kernels()
         _, residuals = dsnt_loss_forward(xp, logits, target, mask, options, kernels)
         one = torch.ones((), dtype=residuals.mu.dtype, device=logits.device)
         grad = dsnt_loss_backward(xp, logits, target, mask, residuals, one, options, kernels)
+        tangent = _logits_tangent(logits, d_logits, options.temperature, d_temperature, options.ndim)
         compute = residuals.mu.dtype
-        d_loss = torch.sum(cast(torch.Tensor, grad).to(compute) * d_logits.to(compute)).to(logits.dtype)
+        d_loss = torch.sum(cast(torch.Tensor, grad).to(compute) * tangent.to(compute)).to(logits.dtype)
         return (d_loss, *(None for _ in range(ctx.n_residuals)))
 
 
@@ -322,13 +346,14 @@ def dsnt_loss(
 ) -> torch.Tensor:
     """Fused DSNT loss with the core's gradient rule (inputs already validated).
 
-    A target or mask that requires a gradient takes the composed (unfused) path, so that
-    its gradient is exact too.
+    A target, mask or sigma that requires a gradient takes the composed (unfused) path, so
+    that its gradient is exact too; a tensor temperature gets its gradient from the fused rule.
     """
-    if target.requires_grad or (mask is not None and mask.requires_grad):
+    static, temperature, sigma = options.arrays_split()
+    if any(isinstance(value, torch.Tensor) and value.requires_grad for value in (target, mask, sigma)):
         return composed_dsnt_loss(logits, target, mask=mask, **options.as_kwargs())
     if torch.jit.is_tracing():  # recorded as tensor operations (see the module's docstring)
         loss, _ = dsnt_loss_forward(xp, logits, target, mask, options, array_api_kernels())
         return cast(torch.Tensor, loss).to(logits.dtype)
     function = DsntLossReverseFunction if torch.compiler.is_compiling() else DsntLossFunction
-    return function.apply(logits, target, mask, options, kernels)[0]
+    return function.apply(logits, target, mask, temperature, sigma, static, kernels)[0]

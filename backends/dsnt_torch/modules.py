@@ -10,30 +10,18 @@ the core, which is Python written against the array API: scripting either module
 
 from __future__ import annotations
 
+import math
 from typing import Any, NoReturn
 
 import torch
 
-from dsnt_core import dsnt_loss, flat_softmax, heatmap_confidence, normalized_to_pixel, soft_argmax
-from dsnt_core._validation import CONFIDENCE_METHODS, UNITS, check_choice
-
-
-def _pixel_soft_argmax(logits: torch.Tensor, ndim: int, temperature: float) -> torch.Tensor:
-    """``soft_argmax`` in pixel units, converted in float32 or wider before the cast to the logits' dtype.
-
-    16-bit logits are computed in float32 (a float32 copy of the logits), so that the
-    conversion rounds once: a heatmap peaked on a pixel gives that pixel, in bfloat16 too.
-    """
-    wide = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-    coords = soft_argmax(wide, ndim=ndim, temperature=temperature)
-    return normalized_to_pixel(coords, tuple(logits.shape[-ndim:])).to(logits.dtype)
-
+from dsnt_core import dsnt_loss, flat_softmax, heatmap_confidence, soft_argmax
+from dsnt_core._validation import CONFIDENCE_METHODS, UNITS, check_choice, check_positive_finite
 
 # Leaf functions for torch.fx.symbolic_trace: each call becomes one call_function node.
 torch.fx.wrap("soft_argmax")
 torch.fx.wrap("flat_softmax")
 torch.fx.wrap("dsnt_loss")
-torch.fx.wrap("_pixel_soft_argmax")
 torch.fx.wrap("heatmap_confidence")
 
 
@@ -61,14 +49,17 @@ class DSNTHead(torch.nn.Module):
     ndim : int
         Number of spatial axes (1, 2 or 3).
     temperature : float
-        Softmax temperature.
+        Softmax temperature (the initial value when ``learn_temperature``).
+    learn_temperature : bool
+        Make the temperature a parameter, ``exp(log_temperature)`` (positive by construction),
+        one per point when ``num_points`` is given, else one for all; trained through the
+        fused rules' temperature gradient.
     return_heatmaps : bool
         Also return the normalised heatmaps (computed only when asked for).
     units : {"normalized", "pixels"}
         Coordinates normalised to (-1, 1) (pixel centres), or in pixels (pixel ``j`` at ``j``,
-        kornia's ``normalized_coordinates=False``), converted before rounding to the logits'
-        dtype: exact at pixel centres in bfloat16 too (16-bit logits are then computed in
-        float32, through a float32 copy of the logits).
+        kornia's ``normalized_coordinates=False``), converted from the float32-or-wider
+        moments before rounding to the logits' dtype: exact at pixel centres in bfloat16 too.
     return_confidence : bool
         Also return one confidence score per point, `dsnt_core.heatmap_confidence` of the
         heatmaps (see there how to threshold it for visibility).
@@ -98,6 +89,9 @@ class DSNTHead(torch.nn.Module):
     >>> coords, scores = head(torch.randn(2, 8, 16, 16))
     >>> coords.shape, scores.shape
     (torch.Size([2, 3, 2]), torch.Size([2, 3]))
+    >>> head = DSNTHead(in_channels=8, num_points=3, learn_temperature=True)
+    >>> head.log_temperature.shape
+    torch.Size([3])
     """
 
     def __init__(
@@ -107,12 +101,14 @@ class DSNTHead(torch.nn.Module):
         *,
         ndim: int = 2,
         temperature: float = 1.0,
+        learn_temperature: bool = False,
         return_heatmaps: bool = False,
         units: str = "normalized",
         return_confidence: bool = False,
         confidence: str = "peak",
     ) -> None:
         super().__init__()
+        check_positive_finite(temperature, "temperature")
         check_choice(units, "units", UNITS)
         check_choice(confidence, "confidence", CONFIDENCE_METHODS)
         if (in_channels is None) != (num_points is None):
@@ -125,6 +121,20 @@ class DSNTHead(torch.nn.Module):
             self.to_logits = conv(in_channels, num_points, 1)
         self.ndim, self.temperature, self.return_heatmaps = ndim, temperature, return_heatmaps
         self.units, self.return_confidence, self.confidence = units, return_confidence, confidence
+        self.log_temperature: torch.nn.Parameter | None = None
+        if learn_temperature:
+            initial = torch.full((num_points,) if num_points is not None else (), math.log(temperature))
+            self.log_temperature = torch.nn.Parameter(initial)
+
+    def current_temperature(self) -> float | torch.Tensor:
+        """The softmax temperature: the number given, or ``exp(log_temperature)`` when learnt.
+
+        Returns
+        -------
+        float or torch.Tensor
+            The temperature the next forward pass uses.
+        """
+        return self.temperature if self.log_temperature is None else torch.exp(self.log_temperature)
 
     def __prepare_scriptable__(self) -> NoReturn:
         """Called by ``torch.jit.script``: raises, naming the routes that deploy this module.
@@ -155,13 +165,11 @@ class DSNTHead(torch.nn.Module):
             One score per logit map in [0, 1]; only with ``return_confidence``.
         """
         logits = self.to_logits(x) if self.to_logits is not None else x
-        if self.units == "pixels":
-            coords = _pixel_soft_argmax(logits, self.ndim, self.temperature)
-        else:
-            coords = soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
+        temperature = self.current_temperature()
+        coords = soft_argmax(logits, ndim=self.ndim, temperature=temperature, units=self.units)
         if not (self.return_heatmaps or self.return_confidence):
             return coords
-        heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=self.temperature)
+        heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=temperature)
         outputs = [coords, heatmaps] if self.return_heatmaps else [coords]
         if self.return_confidence:
             outputs.append(heatmap_confidence(heatmaps, ndim=self.ndim, method=self.confidence))

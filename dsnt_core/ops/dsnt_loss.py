@@ -32,6 +32,7 @@ from .._arrays import (
     to_dtype,
 )
 from .._backends import adapter_for, namespace_of
+from .._temperature import check_temperature, is_array_value, per_heatmap
 from .._typing import Array, ArrayT, Namespace
 from .._validation import (
     DISTANCES,
@@ -41,29 +42,56 @@ from .._validation import (
     check_mask,
     check_ndim,
     check_nonnegative_finite,
-    check_positive_finite,
+    check_sigma,
     check_spatial,
 )
-from ..kernels import Divergence, DivergenceKind, Kernels, LossResiduals, SoftmaxStatistics, select_kernels
+from ..kernels import Divergence, DivergenceKind, Kernels, LossResiduals, SoftmaxStatistics
 from .dsnt import moments
 from .gaussian import log_gaussian_factors
 from .regularizers import pixel_variance_scale
+from .soft_argmax import kernels_for
 
 
 @dataclass(frozen=True)
 class LossOptions:
-    """Static options of the fused loss (hashable, so JAX can treat them as static)."""
+    """Options of the fused loss; hashable (JAX treats them as static) when no field is an array.
+
+    ``temperature`` and ``sigma`` may be arrays (a learnable temperature, per-point or per-axis
+    standard deviations): the rules take them as they are; the adapters carry them across the
+    framework's differentiation boundary as inputs of their own (`with_arrays_split`).
+    """
 
     ndim: int = 2
-    temperature: float = 1.0
-    sigma: float = 1.0
+    temperature: Any = 1.0
+    """``float | Array``: a number, or an array broadcastable to the leading shape."""
+    sigma: Any = 1.0
+    """``float | Array``: a number, or an array broadcastable to the target's shape."""
     regularizer: str | None = "js"
     reg_weight: float = 1.0
     distance: str = "euclidean"
 
     def as_kwargs(self) -> dict[str, Any]:
         """The options as keyword arguments of ``dsnt_loss`` and ``composed_dsnt_loss``."""
-        return dataclasses.asdict(self)
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def arrays_split(self) -> tuple[LossOptions, Any, Any]:
+        """``(static, temperature, sigma)``: the options with array fields replaced by 1.0, and those arrays (or None).
+
+        ``static`` is hashable; `with_arrays` puts the arrays back.
+        """
+        temperature = self.temperature if is_array_value(self.temperature) else None
+        sigma = self.sigma if is_array_value(self.sigma) else None
+        static = dataclasses.replace(
+            self,
+            temperature=1.0 if temperature is not None else self.temperature,
+            sigma=1.0 if sigma is not None else self.sigma,
+        )
+        return static, temperature, sigma
+
+    def with_arrays(self, temperature: Any, sigma: Any) -> LossOptions:
+        """The options with the arrays of `arrays_split` put back (``None``: keep the field)."""
+        changes = {name: value for name, value in (("temperature", temperature), ("sigma", sigma)) if value is not None}
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 def point_weights(xp: Namespace, mask: Array | None, shape: tuple[int, ...], like: Array) -> Array:
@@ -86,9 +114,15 @@ class _Gaussian:
 def _target_gaussian(xp: Namespace, target: Array, spatial: tuple[int, ...], options: LossOptions) -> _Gaussian | None:
     if options.regularizer not in ("kl", "js"):
         return None
-    log_factors = log_gaussian_factors(xp, target, spatial, options.sigma)
+    log_factors = log_gaussian_factors(xp, target, spatial, _sigma(xp, options, target))
     factors = [exp_clamped(xp, lg) for lg in log_factors] if options.regularizer == "js" else None
     return _Gaussian(log_factors, factors)
+
+
+def _sigma(xp: Namespace, options: LossOptions, like: Array) -> Any:
+    """``options.sigma``: a number, or its array in ``like``'s dtype."""
+    sigma = options.sigma
+    return to_dtype(xp, sigma, like.dtype) if is_array_value(sigma) else sigma
 
 
 def _present(value: Array | None, what: str) -> Array:
@@ -137,7 +171,7 @@ class _ForwardInputs:
 
 
 def _variance_forward(f: _ForwardInputs) -> tuple[Array, LossResiduals]:
-    error = f.var * pixel_variance_scale(f.xp, f.spatial, f.mu) - f.options.sigma**2
+    error = f.var * pixel_variance_scale(f.xp, f.spatial, f.mu) - _sigma(f.xp, f.options, f.mu) ** 2
     return f.xp.sum(error * error, axis=-1), LossResiduals(f.stats.lse, f.mu, var=f.var)
 
 
@@ -176,7 +210,7 @@ def dsnt_loss_forward(
         xp,
         logits,
         ndim,
-        options.temperature,
+        per_heatmap(xp, options.temperature, ndim, t.dtype),
         entropy=gaussian is not None,
         mixture=None if gaussian is None else gaussian.factors,
     )
@@ -217,7 +251,7 @@ class _BackwardInputs:
 def _variance_backward(b: _BackwardInputs, terms: _GradientTerms) -> None:
     xp, mu, var = b.xp, b.residuals.mu, _present(b.residuals.var, "var")
     pixel_scale = pixel_variance_scale(xp, b.spatial, mu)
-    var_coef = 2.0 * (var * pixel_scale - b.options.sigma**2) * pixel_scale * b.scale[..., None]
+    var_coef = 2.0 * (var * pixel_scale - _sigma(xp, b.options, mu) ** 2) * pixel_scale * b.scale[..., None]
     for k in range(b.options.ndim):
         centred = b.grids[k] - mu[..., k : k + 1]
         terms.per_axis[k] = terms.per_axis[k] + var_coef[..., k : k + 1] * centred * centred
@@ -227,7 +261,7 @@ def _variance_backward(b: _BackwardInputs, terms: _GradientTerms) -> None:
 def _kl_backward(b: _BackwardInputs, terms: _GradientTerms) -> None:
     # Recomputed from the target (cheap, 1-D), so that nothing but the logits and a few
     # numbers per heatmap is kept between the passes.
-    log_factors = log_gaussian_factors(b.xp, b.target, b.spatial, b.options.sigma)
+    log_factors = log_gaussian_factors(b.xp, b.target, b.spatial, _sigma(b.xp, b.options, b.target))
     for k in range(b.options.ndim):
         terms.per_axis[k] = terms.per_axis[k] - b.scale[..., None] * log_factors[k]
     terms.divergence = Divergence(DivergenceKind.KL, b.scale)
@@ -236,7 +270,7 @@ def _kl_backward(b: _BackwardInputs, terms: _GradientTerms) -> None:
 
 def _js_backward(b: _BackwardInputs, terms: _GradientTerms) -> None:
     # G = log(P / M) / 2 with log M = log(P + Q) - log 2; the log 2 joins the constant.
-    log_factors = log_gaussian_factors(b.xp, b.target, b.spatial, b.options.sigma)
+    log_factors = log_gaussian_factors(b.xp, b.target, b.spatial, _sigma(b.xp, b.options, b.target))
     factors = tuple(exp_clamped(b.xp, lg) for lg in log_factors)
     terms.divergence = Divergence(DivergenceKind.JS, b.scale, factors)
     terms.const = terms.const + 0.5 * b.scale * (_present(b.residuals.divergence, "divergence") - math.log(2.0))
@@ -273,7 +307,8 @@ def dsnt_loss_backward(
         _BACKWARD[options.regularizer](inputs, terms)
     # Per-heatmap constants are folded into the x factor: one full-size pass fewer.
     per_axis = [terms.per_axis[0] - terms.const[..., None], *terms.per_axis[1:]]
-    grad = kernels.gradient_map(xp, logits, residuals.lse, per_axis, terms.divergence, ndim, options.temperature)
+    temperature = per_heatmap(xp, options.temperature, ndim, mu.dtype)
+    grad = kernels.gradient_map(xp, logits, residuals.lse, per_axis, terms.divergence, ndim, temperature)
     return to_dtype(xp, grad, logits.dtype)
 
 
@@ -292,15 +327,16 @@ def _check(
     temperature: Any,
     distance: Any = "euclidean",
 ) -> tuple[Namespace, LossOptions]:
-    xp = namespace_of(logits=logits, target=target, mask=mask)
+    arrays = {name: value for name, value in (("temperature", temperature), ("sigma", sigma)) if is_array_value(value)}
+    xp = namespace_of(logits=logits, target=target, mask=mask, **arrays)
     ndim = check_ndim(ndim)
     check_spatial(xp, logits, "logits", ndim)
     check_coordinates(xp, target, "target", logits, ndim, "logits")
     check_mask(xp, mask, tuple(target.shape[:-1]))
     options = LossOptions(
         ndim=ndim,
-        temperature=check_positive_finite(temperature, "temperature"),
-        sigma=check_positive_finite(sigma, "sigma"),
+        temperature=check_temperature(xp, temperature, tuple(logits.shape[: logits.ndim - ndim])),
+        sigma=check_sigma(xp, sigma, tuple(target.shape), "target"),
         regularizer=check_choice(regularizer, "regularizer", REGULARIZERS),
         reg_weight=check_nonnegative_finite(reg_weight, "reg_weight"),
         distance=check_choice(distance, "distance", DISTANCES),
@@ -313,12 +349,12 @@ def dsnt_loss(
     target: Array,
     /,
     *,
-    sigma: float = 1.0,
+    sigma: float | Array = 1.0,
     regularizer: str | None = "js",
     reg_weight: float = 1.0,
     mask: Array | None = None,
     ndim: int = 2,
-    temperature: float = 1.0,
+    temperature: float | Array = 1.0,
     distance: str = "euclidean",
 ) -> ArrayT:
     """The DSNT training loss from logits: mean Euclidean error plus a heatmap regulariser.
@@ -335,8 +371,10 @@ def dsnt_loss(
         Unnormalised heatmaps, one per point; the last ``ndim`` axes are spatial.
     target : array of shape (..., ndim)
         Target coordinates, normalised pixel-centre convention, (x, y[, z]) order.
-    sigma : float
-        Target standard deviation of the heatmaps, in pixels.
+    sigma : float or array
+        Target standard deviation of the heatmaps, in pixels: a number, or a floating array
+        broadcastable to ``target.shape`` (per point and axis, x first). PyTorch takes the
+        composed path when it requires a gradient; JAX differentiates it too.
     regularizer : {"js", "kl", "var", None}
         Which regulariser to add (JS worked best in the paper).
     reg_weight : float
@@ -345,8 +383,9 @@ def dsnt_loss(
         Boolean or float weights of the points; masked-out points contribute nothing.
     ndim : int
         Number of spatial axes (1, 2 or 3).
-    temperature : float
-        Softmax temperature.
+    temperature : float or array
+        Softmax temperature: a number, or a positive floating array broadcastable to
+        ``logits.shape[:-ndim]``, differentiable through the fused rules in PyTorch and JAX.
     distance : {"euclidean", "l1", "mse"}
         The per-point coordinate loss: `euclidean_loss` (the paper's), `l1_loss` or `mse_loss`.
 
@@ -368,7 +407,7 @@ def dsnt_loss(
     options = dict(sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim, temperature=temperature)
     options["distance"] = distance
     xp, checked = _check(logits, target, mask, **options)
-    kernels = select_kernels(logits)
+    kernels = kernels_for(logits, checked.temperature)
     adapter = adapter_for(logits)
     if adapter is not None:
         return like_input(xp, adapter.dsnt_loss(logits, target, mask, checked, kernels=kernels), logits)
@@ -381,12 +420,12 @@ def dsnt_loss_value_and_grad(
     target: Array,
     /,
     *,
-    sigma: float = 1.0,
+    sigma: float | Array = 1.0,
     regularizer: str | None = "js",
     reg_weight: float = 1.0,
     mask: Array | None = None,
     ndim: int = 2,
-    temperature: float = 1.0,
+    temperature: float | Array = 1.0,
     distance: str = "euclidean",
 ) -> tuple[ArrayT, ArrayT]:
     """`dsnt_loss` and its gradient with respect to the logits, for libraries without autodiff.
@@ -397,8 +436,10 @@ def dsnt_loss_value_and_grad(
         Unnormalised heatmaps, one per point; the last ``ndim`` axes are spatial.
     target : array of shape (..., ndim)
         Target coordinates, normalised pixel-centre convention, (x, y[, z]) order.
-    sigma : float
-        Target standard deviation of the heatmaps, in pixels.
+    sigma : float or array
+        Target standard deviation of the heatmaps, in pixels: a number, or a floating array
+        broadcastable to ``target.shape`` (per point and axis, x first). PyTorch takes the
+        composed path when it requires a gradient; JAX differentiates it too.
     regularizer : {"js", "kl", "var", None}
         Which regulariser to add.
     reg_weight : float
@@ -407,8 +448,9 @@ def dsnt_loss_value_and_grad(
         Boolean or float weights of the points.
     ndim : int
         Number of spatial axes (1, 2 or 3).
-    temperature : float
-        Softmax temperature.
+    temperature : float or array
+        Softmax temperature: a number, or a positive floating array broadcastable to
+        ``logits.shape[:-ndim]``, differentiable through the fused rules in PyTorch and JAX.
     distance : {"euclidean", "l1", "mse"}
         The per-point coordinate loss: `euclidean_loss` (the paper's), `l1_loss` or `mse_loss`.
 
@@ -431,7 +473,7 @@ def dsnt_loss_value_and_grad(
     options = dict(sigma=sigma, regularizer=regularizer, reg_weight=reg_weight, ndim=ndim, temperature=temperature)
     options["distance"] = distance
     xp, checked = _check(logits, target, mask, **options)
-    kernels = select_kernels(logits)
+    kernels = kernels_for(logits, checked.temperature)
     loss, residuals = dsnt_loss_forward(xp, logits, target, mask, checked, kernels)
     grad = dsnt_loss_backward(xp, logits, target, mask, residuals, xp.ones_like(loss), checked, kernels)
     return like_input(xp, loss, logits), like_input(xp, grad, logits)

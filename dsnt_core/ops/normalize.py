@@ -6,6 +6,7 @@ import math
 
 from .._arrays import like_input, nonzero_or, safe_where_positive, spatial_axes, spatial_size, to_compute
 from .._backends import namespace_of
+from .._temperature import check_temperature, divide_by_temperature, is_array_value, per_heatmap
 from .._typing import Array, ArrayT, Namespace
 from .._validation import (
     NORMALIZATION_METHODS,
@@ -56,7 +57,7 @@ def _log_sigmoid(xp: Namespace, x: Array) -> Array:
 
 
 def normalize_heatmaps(
-    logits: ArrayT, /, *, ndim: int = 2, method: str = "softmax", temperature: float = 1.0
+    logits: ArrayT, /, *, ndim: int = 2, method: str = "softmax", temperature: float | Array = 1.0
 ) -> ArrayT:
     """Normalise logits into heatmaps that are non-negative and sum to one per heatmap.
 
@@ -70,10 +71,12 @@ def normalize_heatmaps(
         The DSNT paper's four choices. ``"softmax"`` exponentiates (stable for huge or
         ``-inf`` logits); the others apply ``abs``, ``max(x, 0)`` or the logistic sigmoid
         and divide by the sum.
-    temperature : float
+    temperature : float or array
         The logits are divided by ``temperature`` first (it has no effect for ``"abs"``
         and ``"relu"``, which are scale-invariant). kornia 0.9 divides by its
-        ``temperature`` too (some older kornia releases multiplied by it).
+        ``temperature`` too (some older kornia releases multiplied by it). A positive
+        number, or a positive floating array broadcastable to ``logits.shape[:-ndim]`` (one
+        per heatmap or fewer; differentiable), checked for its shape and dtype only.
 
     Returns
     -------
@@ -90,14 +93,13 @@ def normalize_heatmaps(
     >>> p.round(3).tolist()
     [[0.125, 0.125], [0.125, 0.625]]
     """
-    xp = namespace_of(logits=logits)
+    xp = namespace_of(logits=logits, temperature=temperature if is_array_value(temperature) else None)
     ndim = check_ndim(ndim, max_ndim=None)
     check_spatial(xp, logits, "logits", ndim)
     check_choice(method, "method", NORMALIZATION_METHODS)
-    temperature = check_positive_finite(temperature, "temperature")
+    checked = check_temperature(xp, temperature, tuple(logits.shape[: logits.ndim - ndim]))
     z = to_compute(xp, logits)
-    if temperature != 1.0:
-        z = z / temperature
+    z = divide_by_temperature(z, per_heatmap(xp, checked, ndim, z.dtype))
     if method == "softmax":
         heatmaps = _softmax(xp, z, ndim)
     elif method == "sigmoid":
@@ -109,7 +111,7 @@ def normalize_heatmaps(
     return like_input(xp, heatmaps, logits)
 
 
-def flat_softmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) -> ArrayT:
+def flat_softmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float | Array = 1.0) -> ArrayT:
     """Softmax over the last ``ndim`` axes taken together (dsntnn's ``flat_softmax``).
 
     Parameters
@@ -118,8 +120,9 @@ def flat_softmax(logits: ArrayT, /, *, ndim: int = 2, temperature: float = 1.0) 
         Unnormalised scores; the last ``ndim`` axes are spatial.
     ndim : int
         Number of spatial axes, any number from 1.
-    temperature : float
-        Softmax temperature: ``softmax(logits / temperature)``.
+    temperature : float or array
+        Softmax temperature: ``softmax(logits / temperature)``; a number or an array, as in
+        `normalize_heatmaps`.
 
     Returns
     -------

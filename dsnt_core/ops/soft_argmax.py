@@ -24,7 +24,7 @@ from .._temperature import (
     Temperature,
     check_temperature,
     divide_by_temperature,
-    is_array_temperature,
+    is_array_value,
     per_heatmap,
     per_point,
 )
@@ -175,7 +175,7 @@ def soft_argmax_jvp(
 
 def _check(logits: Array, ndim: object, temperature: object, units: object) -> tuple[Namespace, int, Temperature, str]:
     """Validated ``(xp, ndim, temperature, units)``."""
-    xp = namespace_of(logits=logits, temperature=temperature if is_array_temperature(temperature) else None)
+    xp = namespace_of(logits=logits, temperature=temperature if is_array_value(temperature) else None)
     ndim = check_ndim(ndim)
     check_spatial(xp, logits, "logits", ndim)
     checked = check_temperature(xp, temperature, tuple(logits.shape[: logits.ndim - ndim]))
@@ -185,7 +185,7 @@ def _check(logits: Array, ndim: object, temperature: object, units: object) -> t
 
 def kernels_for(logits: Array, temperature: Temperature) -> Kernels:
     """The kernel implementation for a call: the array-API passes take an array temperature, the others numbers."""
-    return array_api_kernels() if is_array_temperature(temperature) else select_kernels(logits)
+    return array_api_kernels() if is_array_value(temperature) else select_kernels(logits)
 
 
 def soft_argmax(
