@@ -32,6 +32,8 @@ def test_demo_reports_agreement(capsys):
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_train_writes_a_figure(framework, tmp_path):
     pytest.importorskip(framework)
+    if framework == "jax":
+        pytest.importorskip("flax", reason="the JAX trainer is built from the Flax modules (flax extra)")
     pytest.importorskip("matplotlib", reason="demo extra")
     pytest.importorskip("tqdm", reason="demo extra")
     output = tmp_path / "train.png"

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(d < 1e-10 for d in differences.values()) else 1
     if args.command == "train":
         _require(args.framework, args.framework)
+        if args.framework == "jax":  # the JAX trainer is built from the Flax modules
+            _require("flax", "flax")
         _require("matplotlib", "demo")
         _require("tqdm", "demo")
         _ensure_folder(parser, args.output.parent, "--output")

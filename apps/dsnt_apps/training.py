@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -59,34 +59,28 @@ def _torch_trainer(seed: int) -> tuple[Any, Any]:
 
 
 def _jax_trainer(seed: int) -> tuple[Any, Any]:
-    """The same network in plain JAX (``lax.conv``) with a small Adam, jitted."""
+    """The same network in Flax (``flax.linen``) with the Flax DSNT modules and a small Adam, jitted."""
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
+    from dsnt_jax.flax_modules import DSNTHead, DSNTLoss
 
-    import dsnt_core
+    class Network(nn.Module):
+        """Images (batch, 1, H, W) to one logit map per point (batch, points, H / 4, W / 4)."""
 
-    channels = [(1, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1)]
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(channels) + 1)
-    params = []
-    for key, (cin, cout, _) in zip(keys, channels):
-        scale = np.float32(np.sqrt(2.0 / (9 * cin)))
-        weights = jax.random.normal(key, (cout, cin, 3, 3), dtype=jnp.float32) * scale
-        params.append((weights, jnp.zeros(cout, dtype=jnp.float32)))
-    head = jax.random.normal(keys[-1], (len(POINT_NAMES), 64, 1, 1), dtype=jnp.float32) * 0.1
-    params.append((head, jnp.zeros(len(POINT_NAMES), dtype=jnp.float32)))
-    strides = [s for _, _, s in channels] + [1]
+        @nn.compact
+        def __call__(self, images: jax.Array) -> jax.Array:
+            x = jnp.transpose(images, (0, 2, 3, 1))  # channels-last, as flax.linen.Conv
+            for features, stride in ((16, 1), (32, 2), (32, 1), (64, 2), (64, 1)):
+                x = nn.relu(nn.Conv(features, (3, 3), strides=stride, padding=1)(x))
+            logits = nn.Conv(len(POINT_NAMES), (1, 1))(x)  # the paper's 1x1 convolution
+            return jnp.transpose(logits, (0, 3, 1, 2))
 
-    def logits_of(params: list, images: jax.Array) -> jax.Array:
-        x = images
-        for i, ((w, b), stride) in enumerate(zip(params, strides)):
-            pad = "SAME" if w.shape[-1] == 3 else "VALID"
-            x = jax.lax.conv_general_dilated(x, w, (stride, stride), pad) + b[None, :, None, None]
-            if i < len(params) - 1:
-                x = jax.nn.relu(x)
-        return x
+    network, head, loss_fn = Network(), DSNTHead(return_heatmaps=True), DSNTLoss(sigma=1.0, regularizer="js")
+    params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), jnp.float32))
 
-    def loss_of(params: list, images: jax.Array, points: jax.Array) -> jax.Array:
-        return dsnt_core.dsnt_loss(logits_of(params, images), points, sigma=1.0, regularizer="js")
+    def loss_of(params: Any, images: jax.Array, points: jax.Array) -> jax.Array:
+        return cast(jax.Array, loss_fn.apply({}, network.apply(params, images), points))
 
     state = {"params": params, "m": jax.tree.map(jnp.zeros_like, params), "v": jax.tree.map(jnp.zeros_like, params)}
     state["t"] = 0
@@ -112,8 +106,8 @@ def _jax_trainer(seed: int) -> tuple[Any, Any]:
 
     @jax.jit
     def forward(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = logits_of(params, images)
-        return dsnt_core.soft_argmax(logits), dsnt_core.flat_softmax(logits)
+        coords, heatmaps = head.apply({}, network.apply(params, images))
+        return coords, heatmaps
 
     def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         coords, heatmaps = forward(state["params"], jnp.asarray(images))
