@@ -298,3 +298,49 @@ def test_bad_temperature_and_units_are_rejected_with_the_shapes():
         dsnt_core.soft_argmax(logits, units="px")
     with pytest.raises(ValueError, match="temperature must be positive and finite, got 0"):
         dsnt_core.flat_softmax(logits, temperature=0)
+
+
+# ---------------------------------------------------------------------------------- heads
+
+
+def test_torch_head_learns_its_temperature_through_the_fused_rule():
+    torch = pytest.importorskip("torch")
+    from dsnt_torch import DSNTHead
+
+    torch.manual_seed(0)
+    head = DSNTHead(in_channels=4, num_points=3, temperature=2.0, learn_temperature=True).double()
+    features = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    weights = torch.randn(2, 3, 2, dtype=torch.float64)
+    (head(features) * weights).sum().backward()
+    # the same head written out: exp(log T) per point, the composed softmax and dsnt
+    log_t = head.log_temperature.detach().clone().requires_grad_()
+    logits = head.to_logits(features)
+    scaled = logits / torch.exp(log_t)[:, None, None]
+    (dsnt_core.dsnt(dsnt_core.flat_softmax(scaled)) * weights).sum().backward()
+    assert head.log_temperature.shape == (3,)
+    np.testing.assert_allclose(head.log_temperature.grad.numpy(), log_t.grad.numpy(), atol=1e-12)
+    assert torch.allclose(torch.exp(head.log_temperature), torch.full((3,), 2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="temperature must be positive and finite, got -1"):
+        DSNTHead(temperature=-1.0)
+
+
+def test_flax_head_learns_its_temperature_through_the_fused_rule():
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("flax", reason="flax extra")
+    import jax.numpy as jnp
+    from dsnt_jax.flax_modules import DSNTHead
+
+    head = DSNTHead(num_points=3, temperature=0.5, learn_temperature=True)
+    features = jnp.asarray(RNG.normal(size=(2, 6, 7, 4)))
+    weights = jnp.asarray(RNG.normal(size=(2, 3, 2)))
+    params = head.init(jax.random.key(0), features)
+    grads = jax.grad(lambda p: (head.apply(p, features) * weights).sum())(params)["params"]
+
+    def written_out(log_t):
+        conv = params["params"]["to_logits"]
+        logits = jnp.moveaxis(features @ conv["kernel"][0, 0] + conv["bias"], -1, 1)
+        scaled = logits / jnp.exp(log_t)[:, None, None]
+        return (dsnt_core.dsnt(dsnt_core.flat_softmax(scaled)) * weights).sum()
+
+    expected = jax.grad(written_out)(params["params"]["log_temperature"])
+    np.testing.assert_allclose(np.asarray(grads["log_temperature"]), np.asarray(expected), atol=1e-12)

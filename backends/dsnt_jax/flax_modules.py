@@ -9,6 +9,7 @@ Requires ``flax`` (not a dependency of ``dsnt_jax`` itself): import this module 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -16,12 +17,19 @@ import jax
 import jax.numpy as jnp
 
 from dsnt_core import dsnt, dsnt_loss, flat_softmax, heatmap_confidence, soft_argmax
-from dsnt_core._validation import CONFIDENCE_METHODS, REGULARIZERS, UNITS, check_choice, check_ndim
+from dsnt_core._validation import (
+    CONFIDENCE_METHODS,
+    REGULARIZERS,
+    UNITS,
+    check_choice,
+    check_ndim,
+    check_positive_finite,
+)
 
 __all__ = ["DSNTHead", "DSNTLoss"]
 
 
-def _pixel_soft_argmax(logits: jax.Array, ndim: int, temperature: float) -> jax.Array:
+def _pixel_soft_argmax(logits: jax.Array, ndim: int, temperature: Any) -> jax.Array:
     """``soft_argmax`` in pixels: the expectation of the pixel grid ``arange(n)``, in float32 or wider.
 
     The composed route (``flat_softmax``, then ``dsnt(..., units="pixels")``): XLA turns a
@@ -48,7 +56,11 @@ class DSNTHead(nn.Module):
     ndim : int
         Number of spatial axes (1, 2 or 3).
     temperature : float
-        Softmax temperature.
+        Softmax temperature (the initial value when ``learn_temperature``).
+    learn_temperature : bool
+        Make the temperature a parameter ``log_temperature`` (used as ``exp(log_temperature)``,
+        positive by construction), one per point when ``num_points`` is given, else one for
+        all; its gradient comes from the fused rules.
     return_heatmaps : bool
         Also return the normalised heatmaps.
     units : {"normalized", "pixels"}
@@ -83,6 +95,7 @@ class DSNTHead(nn.Module):
     num_points: int | None = None
     ndim: int = 2
     temperature: float = 1.0
+    learn_temperature: bool = False
     return_heatmaps: bool = False
     units: str = "normalized"
     return_confidence: bool = False
@@ -90,6 +103,7 @@ class DSNTHead(nn.Module):
 
     def __post_init__(self) -> None:
         check_ndim(self.ndim)
+        check_positive_finite(self.temperature, "temperature")
         check_choice(self.units, "units", UNITS)
         check_choice(self.confidence, "confidence", CONFIDENCE_METHODS)
         super().__post_init__()
@@ -117,13 +131,19 @@ class DSNTHead(nn.Module):
         if self.num_points is not None:
             conv = nn.Conv(self.num_points, kernel_size=(1,) * self.ndim, name="to_logits")
             logits = jnp.moveaxis(conv(x), -1, -(self.ndim + 1))
+        temperature: Any = self.temperature
+        if self.learn_temperature:
+            shape = (self.num_points,) if self.num_points is not None else ()
+            initial = math.log(self.temperature)
+            log_temperature = self.param("log_temperature", lambda _key, shape: jnp.full(shape, initial), shape)
+            temperature = jnp.exp(log_temperature)
         if self.units == "pixels":
-            coords = _pixel_soft_argmax(logits, self.ndim, self.temperature)
+            coords = _pixel_soft_argmax(logits, self.ndim, temperature)
         else:
-            coords = soft_argmax(logits, ndim=self.ndim, temperature=self.temperature)
+            coords = soft_argmax(logits, ndim=self.ndim, temperature=temperature)
         if not (self.return_heatmaps or self.return_confidence):
             return coords
-        heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=self.temperature)
+        heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=temperature)
         outputs = [coords, heatmaps] if self.return_heatmaps else [coords]
         if self.return_confidence:
             outputs.append(heatmap_confidence(heatmaps, ndim=self.ndim, method=self.confidence))
