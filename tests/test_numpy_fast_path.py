@@ -69,3 +69,84 @@ def test_empty_batches_and_heatmaps_go_to_the_generic_rule(backend, shape):
         backend.assert_close(dsnt_core.soft_argmax(logits), np.zeros((0, 2)))
         _, residuals = soft_argmax_forward(backend.xp, logits, 2, 1.0, NumPyKernels())
         backend.assert_close(residuals.lse, np.zeros((0,)))
+
+
+# ------------------------------------------------------- the statistics and gradient passes
+
+
+def _mixture_factors(rng, batch, spatial):
+    """Normalised positive 1-D factors (x first) of a separable ``Q``, some of them tiny."""
+    factors = []
+    for n in reversed(spatial):
+        factor = rng.uniform(0.0, 1.0, size=(*batch, n)) ** 8 + 1e-30
+        factors.append(factor / factor.sum(axis=-1, keepdims=True))
+    return factors
+
+
+@given(
+    data=st.data(),
+    case=logits_arrays(max_side=9, scale=30.0),
+    temperature=st.sampled_from([1.0, 0.3, 4.0]),
+    dtype=st.sampled_from(["float64", "float32"]),
+    extreme=st.sampled_from([None, 1e4, -200.0, -np.inf, np.nan, np.inf, "some -inf"]),
+    kind=st.sampled_from([None, "kl", "js"]),
+)
+def test_blocked_statistics_and_gradient_equal_the_array_api_passes(
+    backend, data, case, temperature, dtype, extreme, kind, monkeypatch
+):
+    """Every block size, and the heatmaps they hand back (non-finite peaks), against the array-API passes."""
+    from dsnt_core.kernels import Divergence, DivergenceKind
+
+    values, ndim = case
+    values = values.copy()
+    spatial, batch = values.shape[values.ndim - ndim :], values.shape[: values.ndim - ndim]
+    flat = values.reshape(-1, *spatial)
+    if extreme is not None:
+        row = data.draw(st.integers(0, flat.shape[0] - 1), label="heatmap")
+        if extreme == "some -inf":
+            flat[row].reshape(-1)[::2] = -np.inf
+        elif np.isnan(extreme) or extreme == np.inf:
+            flat[row].reshape(-1)[0] = extreme
+        else:
+            flat[row] = flat[row] + extreme if np.isfinite(extreme) else extreme
+    block_rows = data.draw(st.integers(1, 4), label="heatmaps per block")
+    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", block_rows * flat[0].size * np.dtype(dtype).itemsize)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    logits = backend.asarray(values, dtype)
+    mixture = [backend.asarray(f, dtype) for f in _mixture_factors(rng, batch, spatial)]
+    tolerance = 1e-10 if dtype == "float64" else 2e-4
+    ours = NumPyKernels().softmax_statistics(backend.xp, logits, ndim, temperature, entropy=True, mixture=mixture)
+    reference = ArrayAPIKernels().softmax_statistics(
+        backend.xp, logits, ndim, temperature, entropy=True, mixture=mixture
+    )
+    for name in ("lse", "neg_entropy", "m_log_m", "p_log_m"):
+        backend.assert_close(
+            getattr(ours, name), getattr(reference, name), rtol=tolerance, atol=tolerance, err_msg=name
+        )
+    for ours_margin, reference_margin in zip(ours.margins, reference.margins):
+        backend.assert_close(ours_margin, reference_margin, rtol=tolerance, atol=tolerance, err_msg="margins")
+    per_axis = [backend.asarray(rng.normal(size=(*batch, n)), dtype) for n in reversed(spatial)]
+    divergence = None
+    if kind is not None:
+        coef = backend.asarray(rng.uniform(0.1, 3.0, size=batch), dtype)
+        divergence = Divergence(DivergenceKind(kind), coef, tuple(mixture) if kind == "js" else ())
+    lse = reference.lse
+    grad = NumPyKernels().gradient_map(backend.xp, logits, lse, per_axis, divergence, ndim, temperature)
+    expected = ArrayAPIKernels().gradient_map(backend.xp, logits, lse, per_axis, divergence, ndim, temperature)
+    scale = max(float(np.nanmax(np.abs(expected), initial=0.0)), 1.0)
+    backend.assert_close(grad, expected, rtol=tolerance, atol=tolerance * scale, err_msg="gradient map")
+
+
+@pytest.mark.parametrize("regularizer", [None, "var", "kl", "js"])
+@pytest.mark.parametrize("shape,ndim", [((4, 5, 16, 12), 2), ((2, 3, 4, 8, 8), 3), ((6, 40), 1)])
+def test_value_and_grad_takes_the_blocked_passes_and_equals_the_array_api_kernels(backend, regularizer, shape, ndim):
+    rng = np.random.default_rng(5)
+    logits = backend.asarray(rng.normal(size=shape) * 3)
+    target = backend.asarray(rng.uniform(-0.8, 0.8, size=(*shape[: len(shape) - ndim], ndim)))
+    options = dict(ndim=ndim, regularizer=regularizer, sigma=0.8, temperature=0.7)
+    assert type(select_kernels(logits)) is NumPyKernels
+    loss, grad = dsnt_core.dsnt_loss_value_and_grad(logits, target, **options)
+    with dsnt_core.use_kernels("array-api"):
+        expected_loss, expected_grad = dsnt_core.dsnt_loss_value_and_grad(logits, target, **options)
+    backend.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
+    backend.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)

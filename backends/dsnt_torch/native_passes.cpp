@@ -1008,13 +1008,18 @@ void gaussian_factors(const T* t, int64_t ndim, const Grids<T>& g, double sigma,
       lg[k][j] = (offset * offset) * coef;
       peak = std::max(peak, lg[k][j]);
     }
-    T s = 0;
-    for (int64_t j = 0; j < n; ++j) s += std::exp(std::max(lg[k][j] - peak, cutoff));
-    const T log_norm = peak + std::log(s);
-    for (int64_t j = 0; j < n; ++j) {
-      lg[k][j] -= log_norm;
-      if (f != nullptr) (*f)[k][j] = std::exp(std::max(lg[k][j], cutoff));
-    }
+    using Vec = Vectorized<T>;
+    const Vec v_cutoff(cutoff), v_peak(peak);
+    Vec acc(0);
+    for_each_vector<T>(n, [&](int64_t j, int64_t count) {
+      acc = acc + first_lanes(fast_exp(at::vec::maximum(load(lg[k] + j, count) - v_peak, v_cutoff)), count);
+    });
+    const Vec v_log_norm(peak + std::log(lane_sum(acc)));
+    for_each_vector<T>(n, [&](int64_t j, int64_t count) {
+      const Vec log_factor = load(lg[k] + j, count) - v_log_norm;
+      log_factor.store(lg[k] + j, count);
+      if (f != nullptr) fast_exp(at::vec::maximum(log_factor, v_cutoff)).store((*f)[k] + j, count);
+    });
   }
 }
 
@@ -1029,12 +1034,15 @@ std::pair<std::vector<at::Tensor>, std::optional<std::vector<at::Tensor>>> targe
   std::array<T*, 3> f{};
   if (factors) f = pointers<T>(*factors);
   const T* t = target.data_ptr<T>();
-  for (int64_t i = 0; i < l.n; ++i) {
-    const std::array<T*, 3> lg_i = {lg[0] + i * l.w, lg[1] + i * l.h, lg[2] + i * l.d};
-    std::array<T*, 3> f_i{};
-    if (factors) f_i = {f[0] + i * l.w, f[1] + i * l.h, f[2] + i * l.d};
-    gaussian_factors(t + i * ndim, ndim, g, sigma, lg_i, factors ? &f_i : nullptr);
-  }
+  const bool with_f = factors.has_value();
+  at::parallel_for(0, l.n, std::max<int64_t>(1, 4096 / (l.w + l.h + l.d)), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const std::array<T*, 3> lg_i = {lg[0] + i * l.w, lg[1] + i * l.h, lg[2] + i * l.d};
+      std::array<T*, 3> f_i{};
+      if (with_f) f_i = {f[0] + i * l.w, f[1] + i * l.h, f[2] + i * l.d};
+      gaussian_factors(t + i * ndim, ndim, g, sigma, lg_i, with_f ? &f_i : nullptr);
+    }
+  });
   return {log_factors, factors};
 }
 

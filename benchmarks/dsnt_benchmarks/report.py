@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .candidate import STEP_FWD_BWD
+from .candidate import SOFT_ARGMAX_FWD_BWD, STEP_FWD_BWD
+from .passes import PassCount
 from .results import Group, SuiteResults, TorchStudies
 from .scaling import sweep_exponents
 
@@ -11,12 +12,13 @@ def markdown_report(results: SuiteResults) -> str:
     """The results as markdown: times, multiples of the exp floor, speed-ups over dsntnn, then the torch studies."""
     lines = _groups_table(results.groups) + _jax_sentence(results.groups)
     if results.torch is not None:
-        lines += _saved_bytes_table(results.torch) + _compiled_table(results.torch) + _sweep_table(results.torch)
+        lines += _saved_bytes_table(results.torch) + _passes_table(results.torch)
+        lines += _compiled_table(results.torch) + _sweep_table(results.torch)
     if results.native_first_call is not None:
         lines += [
             "",
-            f"Native kernels (`dsnt_torch.use_native_kernels()`): built or loaded from PyTorch's extension cache in "
-            f"{results.native_first_call:.1f} s on the first call of this run.",
+            "Native kernels (`torch-native`, the default for CPU tensors): built or loaded from PyTorch's extension "
+            f"cache in {results.native_first_call:.1f} s on the first call of this run.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -62,6 +64,28 @@ def _saved_bytes_table(studies: TorchStudies) -> list[str]:
     lines = ["", f"Bytes kept for backward by a JS training step on {studies.shape}, in multiples of the logits:", ""]
     lines += ["| implementation | saved bytes / logits bytes |", "|---|---:|"]
     return lines + [f"| {name} | {ratio:.2f} |" for name, ratio in studies.saved_bytes.items()]
+
+
+def passes_table(passes: dict[str, dict[str, PassCount]], shape: str) -> list[str]:
+    """The heatmap-sized reads and writes per implementation, as a markdown table."""
+    if not passes:
+        return []
+    lines = [
+        "",
+        f"Passes: heatmap-sized reads and writes of one call on {shape}, forward + backward (PyTorch "
+        "operations counted as they ran; the native kernels' known from their C++ code):",
+        "",
+        f"| implementation | {SOFT_ARGMAX_FWD_BWD} | {STEP_FWD_BWD} |",
+        "|---|---|---|",
+    ]
+    for implementation, kinds in passes.items():
+        cells = [kinds[kind].label if kind in kinds else "-" for kind in (SOFT_ARGMAX_FWD_BWD, STEP_FWD_BWD)]
+        lines.append(f"| {implementation} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _passes_table(studies: TorchStudies) -> list[str]:
+    return passes_table(studies.passes, studies.shape)
 
 
 def _compiled_table(studies: TorchStudies) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .candidate import Candidate
+from .passes import PassCount
 from .scaling import sweep_exponents
 
 
@@ -60,6 +62,9 @@ class TorchStudies:
         The group of the compiled kernels, the floor and dsntnn.
     sweep
         Seconds of the step per candidate, by number of logits.
+    passes
+        Heatmap-sized reads and writes per implementation and kind (``"soft_argmax fwd+bwd"``,
+        ``"step fwd+bwd"``), on the same shape.
     """
 
     shape: str
@@ -67,6 +72,7 @@ class TorchStudies:
     compiled_first_call: float
     compiled: Group
     sweep: dict[int, dict[Candidate, float]]
+    passes: dict[str, dict[str, PassCount]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,10 @@ class SuiteResults:
         if studies is not None:
             result["sweep_exponent"] = _by_name(sweep_exponents(studies.sweep))
             result["sweep_exponent_large"] = _by_name(sweep_exponents(studies.sweep, last=3))
+            result["passes"] = {
+                implementation: {kind: dataclasses.asdict(count) for kind, count in kinds.items()}
+                for implementation, kinds in studies.passes.items()
+            }
         return result
 
 

@@ -20,10 +20,10 @@ from . import config
 from .chart import write_chart
 from .kernels import TORCH_NATIVE, kernels_available
 from .libraries import cpu_libraries, gpu_libraries, group_candidates, installed
-from .report import markdown_report
+from .report import markdown_report, passes_table
 from .results import Group, SuiteResults, TorchStudies, compiled_json
 from .timing import time_interleaved
-from .torch_studies import compiled_group, saved_bytes_ratios, size_sweep
+from .torch_studies import compiled_group, pass_counts, saved_bytes_ratios, size_sweep
 
 
 def run_suite(
@@ -33,6 +33,8 @@ def run_suite(
     shapes: dict[str, tuple[int, ...]] | None = None,
     sweep: list[tuple[int, ...]] | None = None,
     repeats: int | None = None,
+    libraries: list[str] | None = None,
+    studies: bool = True,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every benchmark, write ``results.json``, ``results.md`` and ``results.png``.
@@ -49,6 +51,12 @@ def run_suite(
         The shapes of the torch size sweep, instead of `config.SWEEP`.
     repeats
         The number of interleaved rounds.
+    libraries
+        Only these of the installed CPU libraries (``"torch"``, ``"jax"``, ``"numpy"``) and GPU
+        groups (``"torch-cuda"``, ``"cupy"``), instead of all.
+    studies
+        Also the PyTorch studies (saved bytes, pass counts, compiled kernels, size sweep);
+        ``False`` skips them (the size sweep too).
     print_fn
         Receives the progress lines and the report.
 
@@ -60,26 +68,29 @@ def run_suite(
     shapes = shapes or ({config.QUICK_SHAPE: config.SHAPES[config.QUICK_SHAPE]} if quick else config.SHAPES)
     sweep = sweep if sweep is not None else ([] if quick else config.SWEEP)
     repeats = repeats or (config.QUICK_REPEATS if quick else config.REPEATS)
-    libraries = cpu_libraries()
+    chosen = [library for library in cpu_libraries() + gpu_libraries() if libraries is None or library in libraries]
     with_peers = installed("dsntnn")
-    environment, native_first_call = _prepare(uses_torch="torch" in libraries, repeats=repeats)
+    environment, native_first_call = _prepare(uses_torch=installed("torch"), repeats=repeats)
 
     groups = []
     for label, shape in shapes.items():
-        for library in libraries + gpu_libraries():
+        for library in chosen:
             times = time_interleaved(group_candidates(library, shape, with_peers=with_peers), repeats)
             groups.append(Group(library, label, times))
             print_fn(f"{library:<6}{label:<30}" + "  ".join(f"{c.name}={t * 1e3:.2f}ms" for c, t in times.items()))
 
-    studies = None
-    if "torch" in libraries:
+    torch_studies = None
+    if studies and "torch" in chosen:
         shape = next(iter(shapes.values()))
         ratios = saved_bytes_ratios(shape, with_peers=with_peers)
+        passes = pass_counts(shape, with_peers=with_peers)
+        print_fn("\n".join(passes_table(passes, str(tuple(shape)))))
         first_call, compiled = compiled_group(shape, repeats, with_peers=with_peers)
         print_fn(f"compiled: {compiled_json(first_call, compiled)}")
-        studies = TorchStudies(str(tuple(shape)), ratios, first_call, compiled, size_sweep(sweep, repeats))
+        swept = size_sweep(sweep, repeats, with_peers=with_peers)
+        torch_studies = TorchStudies(str(tuple(shape)), ratios, first_call, compiled, swept, passes)
 
-    results = SuiteResults(groups, environment, native_first_call, studies)
+    results = SuiteResults(groups, environment, native_first_call, torch_studies)
     _write(results, Path(output_dir), print_fn)
     return results.to_json()
 

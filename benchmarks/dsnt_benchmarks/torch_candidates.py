@@ -11,8 +11,11 @@ from .timing import synchronized
 from .torch_problem import TorchProblem, torch_problem
 
 
-def dsnt_core_candidates(problem: TorchProblem, implementation: str, kernels: str) -> list[Candidate]:
-    """dsnt-core's soft-argmax and JS step, forward and forward+backward, on the kernel set ``kernels``."""
+def dsnt_core_candidates(problem: TorchProblem, implementation: str, kernels: str | None) -> list[Candidate]:
+    """dsnt-core's soft-argmax and JS step, forward and forward+backward, on the kernel set ``kernels``.
+
+    ``kernels=None`` leaves the choice to dsnt-core: the default path, with no switch.
+    """
     return [
         Candidate(implementation, SOFT_ARGMAX_FWD, problem.forward(problem.ours_coords), kernels),
         Candidate(implementation, SOFT_ARGMAX_FWD_BWD, problem.coords_backward(problem.ours_coords), kernels),
@@ -24,16 +27,19 @@ def dsnt_core_candidates(problem: TorchProblem, implementation: str, kernels: st
 def torch_candidates(problem: TorchProblem, *, with_peers: bool) -> list[Candidate]:
     """The group of one shape, in report order.
 
-    The exp floor; dsnt-core on the array-API kernels ("ours") and, on the CPU where they
-    build, the native kernels ("native"); the naive composition; with ``with_peers``, dsntnn
-    and (2-D, where installed) kornia.
+    The exp floor; dsnt-core with no switch ("ours": the kernels dsnt-core picks by itself,
+    the native ones for CPU tensors where they build), on the native kernels by name
+    ("native", CPU only) and on the array-API kernels ("array-api", forward+backward only);
+    the naive composition; with ``with_peers``, dsntnn and (2-D, where installed) kornia.
     """
     import torch
 
     candidates = [floor(problem.forward(torch.exp))]
-    candidates += dsnt_core_candidates(problem, "ours", ARRAY_API)
+    candidates += dsnt_core_candidates(problem, "ours", None)
     if problem.logits.device.type == "cpu" and kernels_available(TORCH_NATIVE):
         candidates += dsnt_core_candidates(problem, "native", TORCH_NATIVE)
+    array_api = dsnt_core_candidates(problem, "array-api", ARRAY_API)
+    candidates += [c for c in array_api if c.kind in (SOFT_ARGMAX_FWD_BWD, STEP_FWD_BWD)]
     candidates += [
         Candidate("naive", SOFT_ARGMAX_FWD_BWD, problem.coords_backward(problem.naive_coords)),
         Candidate("naive", STEP_FWD_BWD, problem.forward_backward(problem.naive_step)),
