@@ -7,8 +7,9 @@ Run it on a machine with an NVIDIA GPU, with that machine's own torch, JAX and C
 It writes ``gpu_check.md`` and ``gpu_check.json`` to the output folder. Without a GPU every
 GPU part is skipped with its reason and the run still succeeds (CI runs it that way).
 
-1. The GPU tests: the kernel test files and the cross-backend suite, with the GPU entries
-   of the backend fixture (torch on ``cuda``, JAX on its GPU, CuPy) active.
+1. The GPU test matrix: the GPU tests of the kernel test files, and the GPU entries of the
+   cross-backend ``backend`` fixture (``torch-cuda``: torch on ``cuda``, ``jax-gpu``: JAX on
+   its GPU, ``cupy``), selected with ``-k "torch-cuda or jax-gpu or cupy or gpu"``.
 2. The sync check: a JS training step (forward and backward) under
    ``torch.cuda.set_sync_debug_mode("error")``, on the automatic kernels (Triton on CUDA)
    and on the array-API kernels.
@@ -34,14 +35,24 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_TEST_FILES = [
+    # the kernels' own GPU tests (test_gpu_*, test_on_the_gpu_*, *_on_a_gpu)
     "tests/test_triton_kernels.py",
     "tests/test_pallas_kernels.py",
     "tests/test_cuda_kernels.py",
-    "tests/test_sync_free.py",
+    # the cross-backend suite on the GPU entries of the backend fixture
     "tests/test_devices.py",
+    "tests/test_properties.py",
     "tests/test_gradients.py",
     "tests/test_numerics.py",
+    "tests/test_nan_semantics.py",
+    "tests/test_parity.py",
+    "tests/test_transforms.py",
+    "tests/test_confidence.py",
+    "tests/test_errors.py",
+    "tests/test_flax.py",
 ]
+GPU_SELECTION = "torch-cuda or jax-gpu or cupy or gpu"
+"""The ``-k`` expression of the GPU matrix: the GPU entries of the backend fixture and the kernels' GPU tests."""
 SHAPES = {"pose (32, 17, 64, 64)": (32, 17, 64, 64), "large (8, 17, 256, 256)": (8, 17, 256, 256)}
 BANDWIDTH_SHAPE = (64, 17, 256, 256)  # 71 M float32 elements: 285 MB
 
@@ -54,6 +65,32 @@ def _torch_cuda() -> Any | None:
     return torch if torch.cuda.is_available() else None
 
 
+def _gpu_reasons() -> dict[str, str | None]:
+    """Why each GPU entry of the test matrix cannot run here (``None``: it can)."""
+    reasons: dict[str, str | None] = {}
+    if importlib.util.find_spec("torch") is None:
+        reasons["torch-cuda"] = "torch is not installed"
+    else:
+        reasons["torch-cuda"] = None if _torch_cuda() is not None else "torch.cuda.is_available() is false"
+    if importlib.util.find_spec("jax") is None:
+        reasons["jax-gpu"] = "jax is not installed"
+    else:
+        import jax
+
+        try:
+            jax.devices("gpu")
+            reasons["jax-gpu"] = None
+        except RuntimeError:
+            reasons["jax-gpu"] = "jax.devices('gpu') finds none"
+    if importlib.util.find_spec("cupy") is None:
+        reasons["cupy"] = "cupy is not installed"
+    else:
+        from dsnt_cupy import gpu_available
+
+        reasons["cupy"] = None if gpu_available() else "cupy sees no GPU"
+    return reasons
+
+
 def environment() -> dict[str, Any]:
     """Versions and devices of the libraries this machine has."""
     info: dict[str, Any] = {"python": platform.python_version()}
@@ -63,14 +100,22 @@ def environment() -> dict[str, Any]:
             info[name] = getattr(module, "__version__", "?")
     torch = _torch_cuda()
     info["gpu"] = torch.cuda.get_device_name() if torch is not None else None
+    info["gpu_entries"] = {name: reason or "runs" for name, reason in _gpu_reasons().items()}
     return info
 
 
 def run_gpu_tests(limit_s: float) -> dict[str, Any]:
-    """The GPU test matrix (pytest), within ``limit_s`` seconds."""
-    if _torch_cuda() is None:
-        return {"skipped": "no CUDA GPU is usable here (torch.cuda.is_available() is false)"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *GPU_TEST_FILES]
+    """The GPU test matrix (pytest, ``-k GPU_SELECTION``), within ``limit_s`` seconds.
+
+    Skipped, with each entry's reason, where none of torch-cuda, jax-gpu and cupy can run; the
+    entries that cannot run are skipped inside the run with their reasons.
+    """
+    reasons = _gpu_reasons()
+    if all(reasons.values()):
+        why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+        return {"skipped": f"no CUDA GPU is usable here ({why})"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-k", GPU_SELECTION]
+    command += GPU_TEST_FILES
     start = time.perf_counter()
     try:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=limit_s)

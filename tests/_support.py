@@ -1,16 +1,20 @@
 """The helpers of the test suite, each written once.
 
-* `Backend`: one array library as the tests see it: make arrays, read them back, ``jit``, the
-  autodiff helpers (`Backend.value_and_grad`, `Backend.penalty_gradient`) and
-  `Backend.assert_close`, the suite's one assertion on a library's result;
+* `Backend`: one array library on one device as the tests see it (an entry of the ``backend``
+  fixture: the CPU entries and the GPU ones, ``torch-cuda``, ``jax-gpu``, ``cupy``): make arrays
+  on its device, read them back, ``jit``, the autodiff helpers (`Backend.value_and_grad`,
+  `Backend.penalty_gradient`) and `Backend.assert_close`, the suite's one assertion on a
+  library's result;
 * `assert_close`: that assertion for any array (namespace, dtype, device, shape and values);
 * `fused_results`: the fused operations and their gradients on one backend, under a kernel choice;
 * `saved_tensor_bytes`, `assert_within_the_memory_budget`: what PyTorch's autograd keeps for the
   backward pass, and the budget of the kernel contract (the logits' bytes);
 * `run_in_thread`: a call in a fresh thread (kernel choices are per thread);
-* `kernels_skip_reason`, `skip_reason`: why a kernel implementation or a backend cannot run here;
+* `kernels_skip_reason`, `skip_reason`: why a kernel implementation or a backend entry cannot run here;
+  `library_of`: the library of a backend entry;
 * `SHIPPED_PACKAGES`, `package_modules`: the packages of the wheel and their modules, found on disk;
-* constants: `REGULARIZERS` and `NORMALIZATION_METHODS` (the library's own), `DIVERGENCES`,
+* constants: `BACKEND_NAMES` (the fixture's entries), `LIBRARIES`, `GPU_BACKENDS`, `NO_AUTODIFF`,
+  `REGULARIZERS` and `NORMALIZATION_METHODS` (the library's own), `DIVERGENCES`,
   `ARRAY_FUNCTIONS` (``dsnt_core.__all__`` without the kernel switch), `KERNEL_NAMES`, `AUTODIFF`.
 
 The ``backend`` and ``kernels`` fixtures and the markers that choose their parameters live in
@@ -41,12 +45,17 @@ from dsnt_core.kernels.registry import AUTO, kernel_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BACKEND_NAMES = ("numpy", "array_api_strict", "torch", "jax", "cupy")
-"""Every array library of the ``backend`` fixture, in its order."""
+LIBRARIES = ("numpy", "array_api_strict", "torch", "jax", "cupy")
+"""Every array library of the ``backend`` fixture: a ``backends`` marker names them."""
+GPU_BACKENDS = {"torch-cuda": "torch", "jax-gpu": "jax", "cupy": "cupy"}
+"""The entries of the ``backend`` fixture whose arrays live on a GPU, and their libraries."""
+BACKEND_NAMES = ("numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda", "jax-gpu")
+"""Every entry of the ``backend`` fixture, in its order: each library on the CPU (CuPy: its GPU),
+then torch on a CUDA device and JAX on its GPU."""
 AUTODIFF = ("torch", "jax")
-"""The backends with their own autodiff: ``@pytest.mark.backends(*AUTODIFF)``."""
-NO_AUTODIFF = tuple(name for name in BACKEND_NAMES if name not in AUTODIFF)
-"""The backends that train through ``soft_argmax_vjp`` and ``dsnt_loss_value_and_grad``."""
+"""The libraries with their own autodiff: ``@pytest.mark.backends(*AUTODIFF)``."""
+NO_AUTODIFF = tuple(name for name in LIBRARIES if name not in AUTODIFF)
+"""The libraries that train through ``soft_argmax_vjp`` and ``dsnt_loss_value_and_grad``."""
 
 KERNEL_NAMES = tuple(name for name in kernel_names() if name != AUTO)
 """Every kernel implementation ``use_kernels`` accepts (names only: nothing is loaded)."""
@@ -64,7 +73,9 @@ __all__ = [
     "AUTODIFF",
     "BACKEND_NAMES",
     "DIVERGENCES",
+    "GPU_BACKENDS",
     "KERNEL_NAMES",
+    "LIBRARIES",
     "NORMALIZATION_METHODS",
     "NO_AUTODIFF",
     "REGULARIZERS",
@@ -76,6 +87,7 @@ __all__ = [
     "dtype_name",
     "fused_results",
     "kernels_skip_reason",
+    "library_of",
     "make_backend",
     "package_modules",
     "run_in_thread",
@@ -164,28 +176,109 @@ def assert_close(
 # ---------------------------------------------------------------------------------------- backends
 
 
+def library_of(name: str) -> str:
+    """The library of a ``backend`` entry: ``"torch"`` for ``"torch"`` and ``"torch-cuda"``."""
+    return GPU_BACKENDS.get(name, name)
+
+
+def _torch_cuda_reason() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        return f"no CUDA GPU is usable: torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
+    return None
+
+
+def _jax_gpu_reason() -> str | None:
+    import jax
+
+    try:
+        jax.devices("gpu")
+    except RuntimeError as error:
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"no GPU is usable by JAX: jax.devices('gpu') raised {message!r} (jax[cuda12] on a GPU machine has one)"
+    return None
+
+
 def skip_reason(name: str) -> str | None:
-    """Why a backend cannot run here, or ``None`` when it can."""
-    if importlib.util.find_spec(_MODULES[name]) is None:
-        extra = "test" if name == "array_api_strict" else name
-        return f"{name} is not installed (pip install 'dsnt-core[{extra}]')"
+    """Why a backend entry (a library, or a GPU entry such as ``"torch-cuda"``) cannot run here, or ``None``."""
+    library = library_of(name)
+    if importlib.util.find_spec(_MODULES[library]) is None:
+        extra = "test" if library == "array_api_strict" else library
+        return f"{library} is not installed (pip install 'dsnt-core[{extra}]')"
     if name == "cupy":
         from dsnt_cupy import gpu_available
 
         if not gpu_available():
             return "cupy is installed but no CUDA GPU is usable on this machine"
+    if name == "torch-cuda":
+        return _torch_cuda_reason()
+    if name == "jax-gpu":
+        return _jax_gpu_reason()
+    return None
+
+
+def _entry_device(name: str) -> Any:
+    """The device an entry puts its arrays on; ``None``: the library's own default (NumPy, array-api-strict, CuPy)."""
+    if name == "torch":
+        import torch
+
+        return torch.device("cpu")
+    if name == "torch-cuda":
+        import torch
+
+        return torch.device("cuda", torch.cuda.current_device())
+    if name in ("jax", "jax-gpu"):
+        import jax
+
+        return jax.devices("gpu" if name == "jax-gpu" else "cpu")[0]
     return None
 
 
 @dataclass(frozen=True)
 class Backend:
-    """One array library as the tests see it: ``xp`` is its array-API namespace."""
+    """One entry of the ``backend`` fixture: an array library (``xp``, its array-API namespace) on a device.
+
+    ``name`` is the library (``"torch"`` for both ``"torch"`` and ``"torch-cuda"``), so that a
+    test's branches on the library hold on every device; ``entry`` is the fixture's entry
+    (``"torch-cuda"``) and ``device`` the device its arrays are made on (``None``: the
+    library's default, for NumPy, array-api-strict and CuPy). `Backend.asarray` puts arrays
+    there, `Backend.assert_close` checks that results are there, `Backend.to_numpy` brings
+    them back to the host.
+    """
 
     name: str
     xp: Any
+    entry: str = ""
+    device: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.entry:
+            object.__setattr__(self, "entry", self.name)
 
     def __repr__(self) -> str:
-        return f"Backend({self.name})"
+        return f"Backend({self.entry})"
+
+    @property
+    def gpu(self) -> bool:
+        """Whether the entry's arrays live on a GPU."""
+        return self.entry in GPU_BACKENDS
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        """What the test runs inside: JAX's default device set to the entry's (``jax.default_device``).
+
+        JAX places arrays made without a device (``jnp.zeros``, constants under ``jit``) on its
+        default device, a GPU wherever one is usable: the ``"jax"`` entry stays on the CPU and
+        ``"jax-gpu"`` on the GPU, as users of each get. PyTorch's default device is left alone
+        (the CPU): library code that made a tensor without ``device=`` fails on the
+        ``"torch-cuda"`` entry as it would for users.
+        """
+        if self.name == "jax" and self.device is not None:
+            import jax
+
+            return jax.default_device(self.device)
+        return contextlib.nullcontext()
 
     @property
     def library(self) -> Any:
@@ -205,9 +298,13 @@ class Backend:
         return getattr(self.xp, name, None) or getattr(self.library, name)
 
     def asarray(self, values: Any, dtype: str | None = None, device: Any = None) -> Any:
-        """A fresh array of this library from NumPy values; ``dtype`` by name, floating by default."""
+        """A fresh array of this library from NumPy values, on ``device`` (the entry's by default).
+
+        ``dtype`` by name, floating by default.
+        """
         array = np.asarray(values)
         name = dtype or (array.dtype.name if array.dtype.kind in "fb" else "float64")
+        device = self.device if device is None else device
         if self.name == "torch":
             import torch
 
@@ -227,7 +324,12 @@ class Backend:
         return to_numpy(array)
 
     def assert_close(self, actual: Any, expected: Any, **options: Any) -> None:
-        """`assert_close` with this backend's namespace: ``actual`` must be an array of this library."""
+        """`assert_close` with this backend's namespace: ``actual`` must be an array of this library.
+
+        ``actual`` must be on the entry's device too, unless the call names another (``device=``).
+        """
+        if self.device is not None:
+            options.setdefault("device", self.device)
         assert_close(actual, expected, namespace=self.xp, **options)
 
     def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -284,21 +386,22 @@ class Backend:
 
 
 def make_backend(name: str) -> Backend:
-    """The `Backend` called ``name``; skips the test, with the reason, where it cannot run."""
+    """The `Backend` of the entry ``name``; skips the test, with the reason, where it cannot run."""
     reason = skip_reason(name)
     if reason is not None:
         pytest.skip(reason)
-    if name == "numpy":
+    library = library_of(name)
+    if library == "numpy":
         from array_api_compat import numpy as xp
-    elif name == "torch":
+    elif library == "torch":
         from array_api_compat import torch as xp
-    elif name == "cupy":
+    elif library == "cupy":
         from array_api_compat import cupy as xp
-    elif name == "jax":
+    elif library == "jax":
         import jax.numpy as xp
     else:
         import array_api_strict as xp
-    return Backend(name, xp)
+    return Backend(library, xp, name, _entry_device(name))
 
 
 # ----------------------------------------------------------------------------------------- kernels

@@ -269,7 +269,7 @@ def test_without_torch_the_torch_kernels_are_listed_as_unavailable_with_the_reas
         assert not available and "torch" in reason, (name, reason)
 
 
-@pytest.mark.backends("torch")
+@pytest.mark.backends("torch", gpu=False)
 def test_native_kernels_that_cannot_be_built_say_why_and_leave_tensors_on_the_automatic_choice(backend, tmp_path):
     output = _run_python(
         """
@@ -327,7 +327,7 @@ def test_choosing_torch_native_leaves_other_arrays_on_the_automatic_choice(backe
         backend.assert_close(dsnt_core.soft_argmax(logits), np.zeros((2, 2)), like=logits)
 
 
-@pytest.mark.backends("torch")
+@pytest.mark.backends("torch", gpu=False)
 def test_torch_aliases_set_the_default_of_every_thread(backend, default_kernels):
     import dsnt_torch
 

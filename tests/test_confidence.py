@@ -103,7 +103,7 @@ class TestTorchHead:
         torch = backend.library
         from dsnt_torch import DSNTHead
 
-        logits = torch.randn(2, 3, 8, 9, dtype=torch.float64)
+        logits = torch.randn(2, 3, 8, 9, dtype=torch.float64, device=backend.device)
         coords, heatmaps, scores = DSNTHead(return_heatmaps=True, return_confidence=True, confidence="entropy")(logits)
         backend.assert_close(coords, dsnt_core.soft_argmax(logits))
         backend.assert_close(heatmaps, dsnt_core.flat_softmax(logits))
@@ -116,7 +116,7 @@ class TestTorchHead:
         torch = backend.library
         from dsnt_torch import DSNTHead
 
-        logits = torch.randn(2, 3, 8, 9, dtype=torch.float64, requires_grad=True)
+        logits = torch.randn(2, 3, 8, 9, dtype=torch.float64, requires_grad=True, device=backend.device)
         coords = DSNTHead(units="pixels")(logits)
         expected = dsnt_core.dsnt(dsnt_core.flat_softmax(logits), units="pixels")
         backend.assert_close(coords, expected.detach(), like=logits, rtol=1e-12, atol=1e-12)
@@ -131,8 +131,8 @@ class TestTorchHead:
         from dsnt_torch import DSNTHead
 
         for h, w in ((5, 5), (3, 7), (17, 12), (64, 48)):
-            logits = torch.full((h * w, h, w), -1e4)
-            index = torch.arange(h * w)
+            logits = torch.full((h * w, h, w), -1e4, device=backend.device)
+            index = torch.arange(h * w, device=backend.device)
             logits[index, index // w, index % w] = 0.0  # heatmap k peaked on pixel k
             coords = DSNTHead(units="pixels")(logits.to(backend.dtype(dtype)))
             assert dtype_name(coords.dtype) == dtype
@@ -152,7 +152,8 @@ class TestTorchHead:
         from dsnt_torch import DSNTHead
 
         head = DSNTHead(in_channels=4, num_points=3, units="pixels", return_confidence=True, confidence="spread")
-        x = torch.randn(2, 4, 8, 8)
+        head = head.to(backend.device)
+        x = torch.randn(2, 4, 8, 8, device=backend.device)
         expected = head(x)
         exported = torch.export.export(head, (x,))
         for got, want in zip(exported.module()(x), expected):

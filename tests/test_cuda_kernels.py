@@ -2,9 +2,11 @@
 
 The development and CI machines have no GPU, so the CUDA source is checked in three layers:
 
-* **compilation**: CuPy's NVRTC compiles every instantiation for sm_90 and sm_80 (as
-  ``cupy.RawModule`` will on the GPU machines), and CUDA 13's ``nvcc`` too where it is on the
-  PATH, with no register spills; skipped only where NVRTC or nvcc is missing;
+* **compilation**: NVRTC compiles every instantiation for sm_90 and sm_80 with the options
+  ``cupy.RawModule`` will use on the GPU machines, called through its C library
+  (``tests/_nvrtc.py``, the ``nvidia-cuda-nvrtc-cu12`` wheel of the ``test`` extra: no CuPy, no
+  GPU); CUDA 13's ``nvcc`` too where it is on the PATH, with no register spills. Skipped only
+  where NVRTC or nvcc is missing; a source that does not compile fails with NVRTC's log;
 * **emulation**: the same source, built for the CPU with ``tests/cuda_host_emulation.cpp`` (each
   thread block as real threads meeting at real barriers, warps exchanging values for their
   shuffles), runs behind the real Python glue (`CudaKernels` with an emulated runtime that also
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import doctest
+import importlib.util
 import math
 import re
 import shutil
@@ -25,6 +28,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import _nvrtc
 import numpy as np
 import pytest
 from array_api_compat import numpy as xp_numpy
@@ -56,24 +60,63 @@ except ImportError:  # pragma: no cover - ml_dtypes comes with JAX
 
 
 def _nvrtc_skip_reason() -> str | None:
+    """Why NVRTC's C library cannot be loaded here (``tests/_nvrtc.py``), or ``None``."""
     try:
-        cuda_kernels._nvrtc().getVersion()
-    except Exception as error:
-        return f"NVRTC cannot be loaded ({type(error).__name__}: {error}); pip install nvidia-cuda-nvrtc-cu12"
+        _nvrtc.version()
+    except _nvrtc.NvrtcUnavailable as error:
+        return str(error)
     return None
+
+
+def _kernel_names() -> list[str]:
+    return [name for type_name in TEMPLATE_TYPES for name in cuda_kernels.kernel_names(type_name)]
+
+
+def _compile(architecture: int) -> _nvrtc.Compiled:
+    """The kernels' source compiled as ``cupy.RawModule`` compiles it, every instantiation; fails with the log."""
+    reason = _nvrtc_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        return _nvrtc.compile_program(
+            cuda_kernels.source(), "dsnt_kernels.cu", cuda_kernels.nvrtc_options(architecture), _kernel_names()
+        )
+    except _nvrtc.CompileError as error:
+        pytest.fail(f"dsnt_kernels.cu does not compile for sm_{architecture}:\n{error.log}", pytrace=False)
 
 
 @pytest.mark.parametrize("architecture", [90, 80])
 def test_every_instantiation_compiles_with_nvrtc(architecture):
+    result = _compile(architecture)
+    assert result.cubin[:4] == b"\x7fELF" and len(result.cubin) > 10_000
+    assert f".target sm_{architecture}" in result.ptx
+    names = _kernel_names()
+    assert len(names) == 20 and set(result.lowered_names) == set(names)
+    assert all(lowered.startswith("_Z") for lowered in result.lowered_names.values())
+    assert "warning" not in result.log.lower(), result.log
+
+
+def test_the_compile_check_fails_on_a_source_that_does_not_compile():
     reason = _nvrtc_skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    result = cuda_kernels.compile_for_architecture(architecture)
-    assert result["cubin"][:4] == b"\x7fELF" and len(result["cubin"]) > 10_000
-    names = [name for type_name in TEMPLATE_TYPES for name in cuda_kernels.kernel_names(type_name)]
-    assert len(names) == 20 and set(result["lowered_names"]) == set(names)
-    assert all(lowered.startswith("_Z") for lowered in result["lowered_names"].values())
-    assert "warning" not in result["log"].lower(), result["log"]
+    broken = cuda_kernels.source().replace("dsnt_statistics(", "dsnt_statistics(undeclared_type u, ", 1)
+    with pytest.raises(_nvrtc.CompileError) as error:
+        _nvrtc.compile_program(broken, "dsnt_kernels.cu", cuda_kernels.nvrtc_options(90), _kernel_names())
+    assert "undeclared_type" in error.value.log and "error" in error.value.log
+
+
+def test_cupys_nvrtc_binding_gives_the_same_kernels():
+    # compile_for_architecture (the library's own check, through CuPy's binding) against the C library.
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip("CuPy is not installed: compile_for_architecture uses CuPy's NVRTC binding")
+    try:
+        cuda_kernels._nvrtc().getVersion()
+    except Exception as error:
+        pytest.skip(f"CuPy's NVRTC binding cannot load NVRTC ({type(error).__name__}: {error})")
+    ours = cuda_kernels.compile_for_architecture(90)
+    assert ours["cubin"][:4] == b"\x7fELF"
+    assert ours["lowered_names"] == _compile(90).lowered_names
 
 
 def test_the_source_needs_no_header():

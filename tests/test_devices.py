@@ -79,7 +79,7 @@ def test_jax_results_stay_on_the_input_device(backend):
     _check_on_device(backend, jax.devices()[-1])
 
 
-@pytest.mark.backends("torch")
+@pytest.mark.backends("torch", gpu=False)
 def test_torch_meta_tensors_propagate_shapes(backend):
     torch = backend.library
     z = torch.empty(2, 3, 4, 5, device="meta", dtype=torch.float64)

@@ -140,7 +140,7 @@ def test_float32_and_float64_keep_their_dtype(backend, dtype):
         backend.assert_close(result, reference, like=z, rtol=tolerance, atol=tolerance, err_msg=name)
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.backends("jax", gpu=False)  # a subprocess on JAX's defaults
 def test_jax_without_x64_computes_in_float32(backend):
     script = textwrap.dedent(
         """

@@ -261,7 +261,7 @@ def test_converting_float32_moments_to_pixels_is_exact_at_pixel_zero(backend):
     """
     exact = backend.name != "jax"
     for n in (3, 5, 7, 63, 100, 257, 1000, 4093):
-        grid = dsnt_core.normalized_linspace(n, xp=backend.xp, dtype=backend.dtype("float32"))
+        grid = dsnt_core.normalized_linspace(n, xp=backend.xp, dtype=backend.dtype("float32"), device=backend.device)
         pixels = backend.to_numpy(dsnt_core.normalized_to_pixel(backend.xp.reshape(grid, (n, 1)), (n,)))[:, 0]
         if exact:
             assert pixels[0] == 0.0, n
@@ -269,9 +269,9 @@ def test_converting_float32_moments_to_pixels_is_exact_at_pixel_zero(backend):
 
 
 def test_pixel_linspace_and_the_conversions_round_trip(backend):
-    px = dsnt_core.pixel_linspace(6, xp=backend.xp, dtype=backend.dtype("float64"))
+    px = dsnt_core.pixel_linspace(6, xp=backend.xp, dtype=backend.dtype("float64"), device=backend.device)
     backend.assert_close(px, np.arange(6.0), dtype="float64")
-    normalized = dsnt_core.normalized_linspace(6, xp=backend.xp, dtype=backend.dtype("float64"))
+    normalized = dsnt_core.normalized_linspace(6, xp=backend.xp, dtype=backend.dtype("float64"), device=backend.device)
     coords = backend.xp.stack([normalized, backend.xp.flip(normalized, axis=0)], axis=-1)
     back = dsnt_core.normalized_to_pixel(coords, (6, 6))
     backend.assert_close(dsnt_core.pixel_to_normalized(back, (6, 6)), coords, atol=1e-15)
@@ -503,7 +503,7 @@ def test_sharpen_and_confidence_gradients_are_finite_at_zero_mass(backend):
 # ---------------------------------------------------------------------------------------------- peers
 
 
-@pytest.mark.backends("torch")
+@pytest.mark.backends("torch", gpu=False)  # the peers as references on the CPU
 class TestAgainstDsntnn:
     @property
     def dsntnn(self):
@@ -581,7 +581,7 @@ class TestAgainstDsntnn:
         backend.assert_close(dsnt_core.sharpen_heatmaps(inp, 6.0), reference)
 
 
-@pytest.mark.backends("torch")
+@pytest.mark.backends("torch", gpu=False)
 class TestAgainstKornia:
     @property
     def kornia(self):
@@ -869,7 +869,10 @@ def test_jax_export_with_symbolic_sizes(backend):
 
     h, w = export.symbolic_shape("h, w")
     shapes = [(2, 3, h, w), (2, 3, 2), (2, 3, 2)]
-    exported = export.export(jax.jit(_deployable))(*(jax.ShapeDtypeStruct(s, backend.xp.float32) for s in shapes))
+    platform = "cuda" if backend.device.platform == "gpu" else backend.device.platform  # the entry's, not the default's
+    exported = export.export(jax.jit(_deployable), platforms=[platform])(
+        *(jax.ShapeDtypeStruct(s, backend.xp.float32) for s in shapes)
+    )
     other = _deployment_inputs(backend, 7, 9, 1)
     for got, expected in zip(exported.call(*other), _deployable(*other)):
         backend.assert_close(got, expected, rtol=1e-5, atol=1e-6)
@@ -892,12 +895,13 @@ def test_the_fused_loss_takes_every_distance_and_matches_the_composed_form(backe
     if backend.name == "torch":
         import torch
 
-        z = torch.tensor(values, requires_grad=True)
-        (fused_grad,) = torch.autograd.grad(dsnt_core.dsnt_loss(z, torch.tensor(target_values), **options), z)
-        z = torch.tensor(values, requires_grad=True)
-        (composed_grad,) = torch.autograd.grad(composed_dsnt_loss(z, torch.tensor(target_values), **options), z)
-        np.testing.assert_allclose(fused_grad.numpy(), composed_grad.numpy(), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(grad, composed_grad.numpy(), rtol=1e-9, atol=1e-12)
+        z = torch.tensor(values, requires_grad=True, device=backend.device)
+        t = torch.tensor(target_values, device=backend.device)
+        (fused_grad,) = torch.autograd.grad(dsnt_core.dsnt_loss(z, t, **options), z)
+        z = torch.tensor(values, requires_grad=True, device=backend.device)
+        (composed_grad,) = torch.autograd.grad(composed_dsnt_loss(z, t, **options), z)
+        backend.assert_close(fused_grad, composed_grad, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grad, backend.to_numpy(composed_grad), rtol=1e-9, atol=1e-12)
 
 
 def test_an_unknown_distance_is_refused_by_name():

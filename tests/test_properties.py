@@ -165,10 +165,11 @@ def test_pixel_conversions_round_trip(backend, align_corners):
 
 
 def test_normalized_linspace_matches_both_conventions(backend):
-    centres = dsnt_core.normalized_linspace(4, xp=backend.xp)
-    corners = dsnt_core.normalized_linspace(5, xp=backend.xp, align_corners=True)
+    device = backend.device if backend.gpu else None  # the library's default device on the CPU entries
+    centres = dsnt_core.normalized_linspace(4, xp=backend.xp, device=device)
+    corners = dsnt_core.normalized_linspace(5, xp=backend.xp, align_corners=True, device=device)
     default = backend.xp.__array_namespace_info__().default_dtypes()["real floating"]
     backend.assert_close(centres, np.asarray([-0.75, -0.25, 0.25, 0.75]), dtype=default, atol=1e-15)
     backend.assert_close(corners, np.linspace(-1, 1, 5), dtype=default, atol=1e-15)
-    single = dsnt_core.normalized_linspace(1, xp=backend.xp, align_corners=True)
+    single = dsnt_core.normalized_linspace(1, xp=backend.xp, align_corners=True, device=device)
     backend.assert_close(single, np.asarray([0.0]), dtype=default)

@@ -63,7 +63,7 @@ SHARDED_STEP = textwrap.dedent(
 )
 
 
-@pytest.mark.backends("jax")
+@pytest.mark.backends("jax", gpu=False)  # host devices
 def test_jax_training_step_sharded_over_8_host_devices_equals_unsharded(backend):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", SHARDED_STEP], capture_output=True, text=True, env=env, timeout=600)

@@ -13,6 +13,12 @@ LOGITS = RNG.normal(size=(2, 3, 6, 5))
 TARGET = RNG.uniform(-0.8, 0.8, size=(2, 3, 2))
 MASK = np.asarray([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
 
+
+def _device(z):
+    """The logits' device for torch (whose default stays the CPU); ``None`` for JAX (the fixture sets its default)."""
+    return z.device if type(z).__module__.startswith("torch") else None
+
+
 # Each entry maps (logits, target, mask, namespace) to one public function's result.
 PUBLIC_CALLS = {
     "normalize_heatmaps": lambda z, t, m, xp: dsnt_core.normalize_heatmaps(z, method="sigmoid"),
@@ -31,11 +37,18 @@ PUBLIC_CALLS = {
     "dsnt_loss_value_and_grad": lambda z, t, m, xp: dsnt_core.dsnt_loss_value_and_grad(z, t, mask=m)[1],
     "pixel_to_normalized": lambda z, t, m, xp: dsnt_core.pixel_to_normalized(t, (6, 5)),
     "normalized_to_pixel": lambda z, t, m, xp: dsnt_core.normalized_to_pixel(t, (6, 5)),
-    "normalized_linspace": lambda z, t, m, xp: dsnt_core.normalized_linspace(5, xp=xp, dtype=z.dtype) + z[0, 0, 0],
-    "pixel_linspace": lambda z, t, m, xp: dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype) + z[0, 0, 0],
+    "normalized_linspace": lambda z, t, m, xp: (
+        dsnt_core.normalized_linspace(5, xp=xp, dtype=z.dtype, device=_device(z)) + z[0, 0, 0]
+    ),
+    "pixel_linspace": lambda z, t, m, xp: (
+        dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype, device=_device(z)) + z[0, 0, 0]
+    ),
     "linear_expectation": lambda z, t, m, xp: dsnt_core.linear_expectation(
         dsnt_core.flat_softmax(z),
-        [dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype), dsnt_core.pixel_linspace(6, xp=xp, dtype=z.dtype)],
+        [
+            dsnt_core.pixel_linspace(5, xp=xp, dtype=z.dtype, device=_device(z)),
+            dsnt_core.pixel_linspace(6, xp=xp, dtype=z.dtype, device=_device(z)),
+        ],
     ),
     "heatmap_confidence": lambda z, t, m, xp: dsnt_core.heatmap_confidence(dsnt_core.flat_softmax(z), method="spread"),
     "sharpen_heatmaps": lambda z, t, m, xp: dsnt_core.sharpen_heatmaps(dsnt_core.flat_softmax(z), 2.0),

@@ -180,11 +180,35 @@ def _nvrtc() -> Any:
         return importlib.import_module("cupy.cuda.nvrtc")
 
 
+def nvrtc_options(architecture: int) -> tuple[str, ...]:
+    """NVRTC's options for one GPU architecture: the module's and those ``cupy.RawModule`` adds.
+
+    Parameters
+    ----------
+    architecture : int
+        Compute capability as a number: 90 for ``sm_90`` (H100), 80 for ``sm_80`` (A100).
+
+    Returns
+    -------
+    tuple of str
+        The options, ``--gpu-architecture=sm_<architecture>`` last.
+
+    Examples
+    --------
+    >>> from dsnt_cupy.cuda_kernels import nvrtc_options
+    >>> nvrtc_options(90)[-1]
+    '--gpu-architecture=sm_90'
+    """
+    cupy_options = ("-ftz=true", "--device-as-default-execution-space", f"--gpu-architecture=sm_{architecture}")
+    return (*COMPILE_OPTIONS, *cupy_options)
+
+
 def compile_for_architecture(architecture: int, type_names: Sequence[str] = tuple(TEMPLATE_TYPES)) -> dict[str, Any]:
     """Compile the source with NVRTC for a GPU architecture, with no GPU or driver needed.
 
-    The options are the module's plus those CuPy adds; used by the tests to check that every
-    instantiation compiles, and handy to check a change to the source on any machine.
+    The options are `nvrtc_options` (the module's plus those CuPy adds); handy to check a change
+    to the source on any machine with CuPy, whose NVRTC binding it uses. (The tests compile the
+    same source with the same options through NVRTC's C library directly, with no CuPy.)
 
     Parameters
     ----------
@@ -206,8 +230,7 @@ def compile_for_architecture(architecture: int, type_names: Sequence[str] = tupl
     """
     nvrtc = _nvrtc()
     names = [name for type_name in type_names for name in kernel_names(type_name)]
-    cupy_options = ("-ftz=true", "--device-as-default-execution-space", f"--gpu-architecture=sm_{architecture}")
-    options = (*COMPILE_OPTIONS, *cupy_options)
+    options = nvrtc_options(architecture)
     program = nvrtc.createProgram(source(), "dsnt_kernels.cu", [], [])
     try:
         for name in names:
