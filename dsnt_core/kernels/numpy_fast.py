@@ -40,6 +40,8 @@ from .array_api import LOG_P_FLOOR, ArrayAPIKernels
 from .contract import Divergence, DivergenceKind, SoftArgmaxResiduals, SoftmaxStatistics
 
 BLOCK_BYTES = 1 << 20  # about one core's L2 cache on current x86 servers
+#: Blocks of the statistics and gradient passes: they sweep three block-sized buffers at once.
+PASS_BLOCK_BYTES = 1 << 18
 
 
 @functools.lru_cache(maxsize=32)
@@ -238,13 +240,35 @@ class _Heatmaps:
         return math.prod(self.spatial)
 
     def rows_per_block(self) -> int:
-        return max(1, BLOCK_BYTES // (self.size * self.array.itemsize))
+        return max(1, PASS_BLOCK_BYTES // (self.size * self.array.itemsize))
 
 
 def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``sum(a * b)`` per heatmap of two contiguous (r, D, H, W) blocks, without a temporary."""
     rows = a.shape[0]
-    return np.einsum("ij,ij->i", np.reshape(a, (rows, -1)), np.reshape(b, (rows, -1)))
+    a2, b2 = np.reshape(a, (rows, -1)), np.reshape(b, (rows, -1))
+    if hasattr(np, "vecdot"):  # NumPy 2: a vectorised loop, about 2.5x faster than einsum here
+        return np.vecdot(a2, b2)
+    return np.einsum("ij,ij->i", a2, b2)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    ones = np.ones(n, dtype=dtype)
+    ones.setflags(write=False)
+    return ones
+
+
+def _sums_along_rows_and_x(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per heatmap of a (r, D, H, W) block: the sums along each row (r, D, H) and along x (r, W).
+
+    Matrix products with a vector of ones: NumPy's reductions over short axes loop per row
+    (several times slower than BLAS here).
+    """
+    r, depth, height, width = e.shape
+    rows = np.matmul(np.reshape(e, (r * depth * height, width)), _ones(width, e.dtype))
+    along_x = np.matmul(_ones(depth * height, e.dtype), np.reshape(e, (r, depth * height, width)))
+    return np.reshape(rows, (r, depth, height)), along_x
 
 
 def _outer_product_into(out: np.ndarray, factors: list[np.ndarray], sl: slice) -> np.ndarray:
@@ -283,11 +307,11 @@ def blocked_statistics(
         peak = np.where(np.isfinite(peak), peak, 0)
         np.subtract(u, peak[:, None, None, None], out=shifted)
         np.exp(shifted, out=e)
-        rows = np.sum(e, axis=3)
-        total = np.sum(rows, axis=(1, 2))
+        rows, sums_x = _sums_along_rows_and_x(e)
+        total = np.sum(sums_x, axis=1)
         inv_total, log_total = 1.0 / total, np.log(total)
         lse[sl] = peak + log_total
-        along_x[sl] = np.sum(e, axis=(1, 2)) * inv_total[:, None]
+        along_x[sl] = sums_x * inv_total[:, None]
         along_rows[sl] = rows * inv_total[:, None, None]
         if neg_entropy is not None:
             np.maximum(shifted, lowest, out=shifted)
