@@ -253,6 +253,13 @@ def _per_point(values: Any, batch: tuple, ndim: int, dtype: torch.dtype) -> torc
     return values.reshape(-1, ndim).to(dtype).contiguous()
 
 
+def _per_heatmap_lse(values: Any, batch: tuple, dtype: torch.dtype) -> torch.Tensor | None:
+    """Per-heatmap numbers of the batch shape (``lse``, a divergence) as an (N,) tensor; None if not plain."""
+    if not isinstance(values, torch.Tensor) or not _plain_tensor(values, dtype) or tuple(values.shape) != batch:
+        return None
+    return values.reshape(-1).contiguous()
+
+
 @functools.lru_cache(maxsize=64)
 def _all_grids(spatial: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
     """The rules' grids (x, y, z) as the extension takes them: a missing axis is the one value 0."""
@@ -282,12 +289,12 @@ def _fast_soft_argmax_backward(
         return None
     dtype = logits.dtype
     batch, spatial = tuple(logits.shape[: logits.ndim - ndim]), tuple(logits.shape[logits.ndim - ndim :])
-    lse, mu = residuals.lse, _per_point(residuals.mu, batch, ndim, dtype)
+    lse, mu = _per_heatmap_lse(residuals.lse, batch, dtype), _per_point(residuals.mu, batch, ndim, dtype)
     ct = _per_point(cotangent, batch, ndim, dtype)
-    if mu is None or ct is None or not _plain_tensor(lse, dtype) or tuple(lse.shape) != batch:
+    if lse is None or mu is None or ct is None:
         return None
     u, grids, inv_temperature = _heatmaps(logits, ndim), _all_grids(spatial, dtype), 1.0 / temperature
-    grad = extension().soft_argmax_backward(u, grids, lse.reshape(-1).contiguous(), mu, ct, ndim, inv_temperature)
+    grad = extension().soft_argmax_backward(u, grids, lse, mu, ct, ndim, inv_temperature)
     return grad.reshape(logits.shape)
 
 
@@ -403,20 +410,15 @@ def _fast_loss_backward(
     (u, t, weights), arguments = prepared
     batch, ndim, dtype = tuple(logits.shape[: logits.ndim - options.ndim]), options.ndim, logits.dtype
     mu = _per_point(residuals.mu, batch, ndim, dtype)
-    kept = residuals.var if options.regularizer == "var" else residuals.divergence
+    kept: torch.Tensor | None = None
     if options.regularizer == "var":
-        kept = _per_point(kept, batch, ndim, dtype)
+        kept = _per_point(residuals.var, batch, ndim, dtype)
     elif options.regularizer is not None:
-        kept = kept.reshape(-1).contiguous() if _plain_tensor(kept, dtype) and tuple(kept.shape) == batch else None
-    else:
-        kept = None
-    lse = residuals.lse
-    plain = mu is not None and (kept is not None) == (options.regularizer is not None)
-    if not plain or not _plain_tensor(lse, dtype) or tuple(lse.shape) != batch:
+        kept = _per_heatmap_lse(residuals.divergence, batch, dtype)
+    lse = _per_heatmap_lse(residuals.lse, batch, dtype)
+    if lse is None or mu is None or (kept is not None) != (options.regularizer is not None):
         return None
-    grad = extension().loss_backward(
-        u, t, weights, lse=lse.reshape(-1).contiguous(), mu=mu, kept=kept, cotangent=float(cotangent), **arguments
-    )
+    grad = extension().loss_backward(u, t, weights, lse=lse, mu=mu, kept=kept, cotangent=float(cotangent), **arguments)
     return grad.reshape(logits.shape)
 
 
