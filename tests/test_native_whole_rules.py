@@ -251,8 +251,11 @@ def test_cached_output_buffers_are_independent_and_released(native_kernels):
     _, _, third = ext.softmax_heatmap(u, ndim=2, inv_temperature=1.0)
     assert third.data_ptr() == pointer  # the returned buffer, reused
     torch.testing.assert_close(third, first)
-    third.mul_(2.0)  # an ordinary tensor: in-place operations, autograd accumulation
+    third.mul_(2.0)  # an ordinary tensor: in-place operations, resizing
     torch.testing.assert_close(third, 2.0 * first)
+    assert third.untyped_storage().resizable()
+    third.resize_(2 * third.numel())
+    third[-1] = 1.0
     del third
     ext.release_cached_buffers()
     _, _, fourth = ext.softmax_heatmap(u, ndim=2, inv_temperature=1.0)

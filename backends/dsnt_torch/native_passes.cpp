@@ -21,6 +21,7 @@
 #include <torch/extension.h>
 
 #include <ATen/OpMathType.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <ATen/cpu/vec/functional.h>
@@ -36,6 +37,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <new>
@@ -395,6 +397,7 @@ class BufferCache {
   }
 
   void* take(size_t bytes) {
+    if (bytes == 0) return nullptr;
     {
       std::lock_guard<std::mutex> guard(mutex_);
       for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
@@ -409,6 +412,10 @@ class BufferCache {
   }
 
   void give(void* ptr, size_t bytes) {
+    if (bytes < kMinBytes) {
+      c10::free_cpu(ptr);
+      return;
+    }
     std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> guard(mutex_);
@@ -443,14 +450,37 @@ class BufferCache {
   std::vector<std::pair<size_t, void*>> free_;  // (bytes, buffer), most recently returned last
 };
 
+// The allocator of heatmap-sized outputs: buffers from the cache, given back to it when their
+// storage is freed. Tensors made with it are ordinary CPU tensors (resizable too: a resize asks
+// this allocator again).
+struct CachedBuffer {
+  void* data;
+  size_t bytes;
+};
+
+void give_back_to_cache(void* context) {
+  const auto* buffer = static_cast<CachedBuffer*>(context);
+  BufferCache::instance().give(buffer->data, buffer->bytes);
+  delete buffer;
+}
+
+class CachingAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t bytes) override {
+    void* data = BufferCache::instance().take(bytes);
+    return {data, new CachedBuffer{data, bytes}, &give_back_to_cache, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+};
+
 // An uninitialised contiguous tensor of this shape and options; heatmap-sized ones from the cache.
 at::Tensor heatmap_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   int64_t count = 1;
   for (const int64_t s : sizes) count *= s;
-  const size_t bytes = static_cast<size_t>(count) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  if (bytes < BufferCache::kMinBytes) return at::empty(sizes, options);
-  void* data = BufferCache::instance().take(bytes);
-  return at::from_blob(data, sizes, [bytes](void* ptr) { BufferCache::instance().give(ptr, bytes); }, options);
+  const at::ScalarType type = c10::typeMetaToScalarType(options.dtype());
+  if (static_cast<size_t>(count) * c10::elementSize(type) < BufferCache::kMinBytes) return at::empty(sizes, options);
+  static CachingAllocator* allocator = new CachingAllocator();  // never destroyed, as the cache
+  return at::detail::empty_generic(sizes, allocator, c10::DispatchKeySet(c10::DispatchKey::CPU), type, std::nullopt);
 }
 
 // ---------------------------------------------------------------------------- the passes
