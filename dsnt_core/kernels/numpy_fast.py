@@ -1,4 +1,4 @@
-"""NumPy kernels: the ``softmax_moments`` pass as one ``exp`` and one matrix product per block.
+"""NumPy kernels: blocked, multi-threaded passes that keep their working set in the cache.
 
 The array-API pass (:meth:`ArrayAPIKernels.softmax_moments`) needs a max, a
 subtraction, an ``exp`` and several reductions, each a full pass over the heatmaps. NumPy
@@ -17,8 +17,13 @@ runs each of those as its own loop, so the forward costs about four times one ``
   NaN) are recomputed by the generic shifted path, so the results agree with it to
   rounding for every input.
 
-The other passes are the array-API ones. This implementation is chosen automatically for
-NumPy arrays.
+``softmax_statistics`` and ``gradient_map`` (the ``dsnt_loss`` rules) run in blocks of
+256 KiB too, on the same queue of blocks: per block one shifted ``exp`` (and for JS one
+``log``) into per-thread scratch buffers kept between calls, in-place sweeps with ``out=``
+for the rest, and the row and column sums as matrix products with a vector of ones.
+Heatmaps with a non-finite peak (all ``-inf``, NaN, ``+inf``) are recomputed by the
+array-API pass, and an array temperature takes the array-API passes. The other passes are
+the array-API ones. This implementation is chosen automatically for NumPy arrays.
 """
 
 from __future__ import annotations
@@ -381,7 +386,7 @@ def blocked_gradient(
 
 
 class NumPyKernels(ArrayAPIKernels):
-    """The array-API passes with a blocked, multi-threaded ``softmax_moments`` for NumPy arrays.
+    """Blocked, multi-threaded ``softmax_moments``, ``softmax_statistics`` and ``gradient_map`` for NumPy arrays.
 
     Examples
     --------
@@ -394,7 +399,7 @@ class NumPyKernels(ArrayAPIKernels):
     """
 
     name = "numpy"
-    description = "NumPy: blocked unshifted exp and one matrix product per block, on up to 4 cores"
+    description = "NumPy: cache-sized blocks (exp, matrix products, in-place sweeps), on up to 4 cores"
     libraries = ("numpy",)
     automatic = True
 
