@@ -106,7 +106,7 @@ def _jax_trainer(seed: int) -> tuple[Any, Any]:
 
     @jax.jit
     def forward(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        coords, heatmaps = head.apply({}, network.apply(params, images))
+        coords, heatmaps = cast(tuple[jax.Array, jax.Array], head.apply({}, network.apply(params, images)))
         return coords, heatmaps
 
     def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

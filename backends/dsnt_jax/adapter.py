@@ -102,7 +102,7 @@ def _dsnt_loss_jvp(static: LossOptions, kernels: Kernels, primals: tuple, tangen
             opts = static.with_arrays(temp, sig)
             moved = dz if dt is None else tangent_with_temperature(xp, z, dz, temp, dt, static.ndim)
             grad = dsnt_loss_backward(xp, z, t, m, res, jnp.ones((), z.dtype), opts, kernels)
-            return jnp.sum(cast(jax.Array, grad) * moved).astype(z.dtype)
+            return jnp.sum(cast(jax.Array, grad) * cast(jax.Array, moved)).astype(z.dtype)
 
         arguments = (logits, target, mask, temperature, sigma, residuals, d_logits, d_temperature)
         out = out + jax.checkpoint(tangent_map)(*arguments)

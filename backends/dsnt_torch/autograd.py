@@ -72,9 +72,7 @@ def _restored_temperature(ctx: Any, saved: list[torch.Tensor]) -> Any:
     return saved.pop() if ctx.temperature_is_tensor else ctx.temperature
 
 
-def _temperature_grad(
-    ctx: Any, index: int, grad: torch.Tensor, log_weights: torch.Tensor, temperature: Any, ndim: int
-) -> torch.Tensor | None:
+def _temperature_grad(ctx: Any, index: int, grad: Any, log_weights: Any, temperature: Any, ndim: int) -> Any:
     """``dL/dT`` when the temperature (input ``index``) is a tensor that needs it, else ``None``."""
     if not (ctx.temperature_is_tensor and ctx.needs_input_grad[index]):
         return None
@@ -160,26 +158,24 @@ class SoftArgmaxKeepingHeatmapFunction(torch.autograd.Function):
 
     Outputs (coords, mu, P): ``mu`` is not differentiable; ``P`` is, so that differentiating
     the backward pass again (``create_graph=True``) flows through the kept ``P`` into this
-    function's own backward, as for any saved output. Used for eager reverse mode; forward
-    mode, ``torch.func`` transforms and ``torch.compile`` take the other classes. A tensor
-    temperature gets its gradient from ``log P``.
+    function's own backward, as for any saved output. Used for eager reverse mode only
+    (forward mode, ``torch.func`` transforms and ``torch.compile`` take the other classes), so
+    it has the ``forward(ctx, ...)`` form: no ``setup_context``, whose presence makes every
+    ``apply`` bind its arguments through ``inspect.signature``. A tensor temperature gets its
+    gradient from ``log P``.
     """
 
     @staticmethod
-    def forward(logits: torch.Tensor, ndim: int, temperature: Any, kernels: Kernels, units: str) -> Any:
-        rule = soft_argmax_forward_keeping_heatmap
+    def forward(ctx: Any, logits: torch.Tensor, ndim: int, temperature: Any, kernels: Kernels, units: str) -> Any:
+        rule = kernels.wrap_rule(soft_argmax_forward_keeping_heatmap)
         coords, residuals, heatmap = rule(xp, logits, ndim, temperature, kernels, units=units)
         mu = cast(torch.Tensor, residuals.mu)
-        return coords, mu.clone() if mu is coords else mu, heatmap
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        _, ndim, temperature, kernels, units = inputs
-        _, mu, heatmap = output
+        mu = mu.clone() if mu is coords else mu
         ctx.mark_non_differentiable(mu)
         ctx.set_materialize_grads(False)  # no full-size zeros for the unused cotangent of P
         ctx.save_for_backward(heatmap, mu, *_saved_temperature(ctx, temperature))
         ctx.ndim, ctx.kernels, ctx.units = ndim, kernels, units
+        return coords, mu, heatmap
 
     @staticmethod
     def backward(ctx: Any, grad_coords: torch.Tensor | None, _mu: Any, grad_heatmap: torch.Tensor | None) -> Any:
@@ -188,13 +184,12 @@ class SoftArgmaxKeepingHeatmapFunction(torch.autograd.Function):
         heatmap, mu = saved
         if grad_coords is None:
             grad_coords = torch.zeros_like(mu)
+        rule = ctx.kernels.wrap_rule(soft_argmax_backward_from_heatmap)
         kernels = ctx.kernels
         if torch.is_grad_enabled():  # differentiated again: mu must depend on the kept P
-            kernels = array_api_kernels()
+            rule, kernels = soft_argmax_backward_from_heatmap, array_api_kernels()
             mu = expected_coordinates_of(xp, heatmap, ctx.ndim)
-        grad = soft_argmax_backward_from_heatmap(
-            xp, heatmap, mu, grad_coords, grad_heatmap, ctx.ndim, temperature, kernels, units=ctx.units
-        )
+        grad = rule(xp, heatmap, mu, grad_coords, grad_heatmap, ctx.ndim, temperature, kernels, units=ctx.units)
         grad_temperature = None
         if ctx.temperature_is_tensor and ctx.needs_input_grad[2]:
             log_p = torch.log(heatmap.to(mu.dtype))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from .._arrays import like_input, nonzero_or, safe_where_positive, spatial_axes, spatial_size, to_compute
 from .._backends import namespace_of
@@ -93,7 +94,7 @@ def normalize_heatmaps(
     >>> p.round(3).tolist()
     [[0.125, 0.125], [0.125, 0.625]]
     """
-    xp = namespace_of(logits=logits, temperature=temperature if is_array_value(temperature) else None)
+    xp = namespace_of(logits=logits, temperature=cast(Array, temperature) if is_array_value(temperature) else None)
     ndim = check_ndim(ndim, max_ndim=None)
     check_spatial(xp, logits, "logits", ndim)
     check_choice(method, "method", NORMALIZATION_METHODS)

@@ -18,6 +18,8 @@ autodiff; other libraries get the forward here and `soft_argmax_vjp` for trainin
 
 from __future__ import annotations
 
+from typing import cast
+
 from .._arrays import compute_dtype, keep_spatial, like_input, spatial_axes, to_compute, to_dtype
 from .._backends import adapter_for, namespace_of
 from .._temperature import (
@@ -175,12 +177,11 @@ def soft_argmax_jvp(
 
 def _check(logits: Array, ndim: object, temperature: object, units: object) -> tuple[Namespace, int, Temperature, str]:
     """Validated ``(xp, ndim, temperature, units)``."""
-    xp = namespace_of(logits=logits, temperature=temperature if is_array_value(temperature) else None)
+    xp = namespace_of(logits=logits, temperature=cast(Array, temperature) if is_array_value(temperature) else None)
     ndim = check_ndim(ndim)
     check_spatial(xp, logits, "logits", ndim)
     checked = check_temperature(xp, temperature, tuple(logits.shape[: logits.ndim - ndim]))
-    units = check_choice(units, "units", UNITS)
-    return xp, ndim, checked, units
+    return xp, ndim, checked, str(check_choice(units, "units", UNITS))
 
 
 def kernels_for(logits: Array, temperature: Temperature) -> Kernels:
