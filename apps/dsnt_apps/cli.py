@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from dsnt_benchmarks.options import add_part_options, suite_options
+
 DESCRIPTION = """\
 dsnt-core's command line.
 
@@ -91,11 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--output", type=_png_path, default=Path("dsnt_train.png"), help="PNG with images, heatmaps and points"
     )
-    bench = commands.add_parser("bench", help="run the benchmark suite", formatter_class=formatter)
-    bench.add_argument("--quick", action="store_true", help="fewer repetitions and shapes")
+    bench = commands.add_parser("bench", help="run the benchmark suite, or a part of it", formatter_class=formatter)
     bench.add_argument(
         "--output-dir", type=Path, default=Path("benchmarks/results"), help="folder for results.md, .json and .png"
     )
+    add_part_options(bench)
     return parser
 
 
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_folder(parser, args.output_dir, "--output-dir")
     from dsnt_benchmarks import run_suite
 
-    run_suite(output_dir=args.output_dir, quick=args.quick)
+    run_suite(args.output_dir, **suite_options(args))
     return 0
 
 
