@@ -187,7 +187,7 @@ def test_symbolic_shapes_fall_back_to_the_array_api_passes():
     options = LossOptions(ndim=2, regularizer="js")
 
     def loss(kernels):
-        return jax.jit(jax.value_and_grad(lambda z, t: adapter._dsnt_loss(z, t, None, options, kernels)))
+        return jax.jit(jax.value_and_grad(lambda z, t: adapter.dsnt_loss(z, t, None, options, kernels=kernels)))
 
     shapes = (jax.ShapeDtypeStruct((batch, 6, 5), jnp.float64), jax.ShapeDtypeStruct((batch, 2), jnp.float64))
     exported = jax.export.export(loss(INTERPRETED))(*shapes)
@@ -201,7 +201,7 @@ def test_symbolic_shapes_fall_back_to_the_array_api_passes():
 
 
 def _loss_and_grad(kernels, logits, target, mask, options):
-    return jax.jit(jax.value_and_grad(lambda z: adapter._dsnt_loss(z, target, mask, options, kernels)))(logits)
+    return jax.jit(jax.value_and_grad(lambda z: adapter.dsnt_loss(z, target, mask, options, kernels=kernels)))(logits)
 
 
 @pytest.mark.parametrize(
@@ -270,9 +270,9 @@ def test_vmap_and_forward_mode_go_through_the_kernels():
 
     @functools.partial(jax.jit, static_argnames="kernels")
     def transformed(logits, target, tangent, *, kernels):
-        losses = jax.vmap(lambda z, t: adapter._dsnt_loss(z, t, None, options, kernels))(logits, target)
-        coords = jax.vmap(lambda z: adapter._soft_argmax(z, 2, 1.0, kernels))(logits)
-        loss = lambda z: adapter._dsnt_loss(z, target, None, options, kernels)  # noqa: E731
+        losses = jax.vmap(lambda z, t: adapter.dsnt_loss(z, t, None, options, kernels=kernels))(logits, target)
+        coords = jax.vmap(lambda z: adapter.soft_argmax(z, ndim=2, temperature=1.0, kernels=kernels))(logits)
+        loss = lambda z: adapter.dsnt_loss(z, target, None, options, kernels=kernels)  # noqa: E731
         return losses, coords, jax.jvp(loss, (logits,), (tangent,))[1]
 
     ours = transformed(logits, target, tangent, kernels=SMALL_TILES)
@@ -293,11 +293,13 @@ def test_first_derivatives_use_the_kernels_alone(monkeypatch):
     target, options = jnp.full((2, 2), 0.1), LossOptions(ndim=2, regularizer="js")
 
     def loss(z):
-        return adapter._dsnt_loss(z, target, None, options, SMALL_TILES)
+        return adapter.dsnt_loss(z, target, None, options, kernels=SMALL_TILES)
 
     @jax.jit
     def first_order(logits, tangent):
-        coords_grad = jax.grad(lambda z: jnp.sum(adapter._soft_argmax(z, 2, 1.0, SMALL_TILES)))(logits)
+        coords_grad = jax.grad(lambda z: jnp.sum(adapter.soft_argmax(z, ndim=2, temperature=1.0, kernels=SMALL_TILES)))(
+            logits
+        )
         return jax.value_and_grad(loss)(logits), coords_grad, jax.jvp(loss, (logits,), (tangent,))
 
     first_order(logits, tangent)
@@ -311,11 +313,13 @@ def test_second_derivatives_take_their_tangents_from_the_array_api_passes():
     @functools.partial(jax.jit, static_argnames="kernels")
     def second_order(logits, tangent, *, kernels):
         def loss(z):
-            return adapter._dsnt_loss(z, target, None, options, kernels)
+            return adapter.dsnt_loss(z, target, None, options, kernels=kernels)
 
         hvp = jax.jvp(jax.grad(loss), (logits,), (tangent,))[1]
         grad_of_norm = jax.grad(lambda z: jnp.sum(jax.grad(loss)(z) ** 2))(logits)
-        coords_hessian = jax.hessian(lambda z: jnp.sum(adapter._soft_argmax(z, 2, 1.0, kernels)))(logits)
+        coords_hessian = jax.hessian(
+            lambda z: jnp.sum(adapter.soft_argmax(z, ndim=2, temperature=1.0, kernels=kernels))
+        )(logits)
         return hvp, grad_of_norm, coords_hessian
 
     ours = second_order(logits, tangent, kernels=SMALL_TILES)
@@ -455,8 +459,8 @@ def test_the_kernels_lower_for_cuda_and_compile_with_triton(shape, ndim, dtype, 
     options = LossOptions(ndim=ndim, temperature=0.8, regularizer=regularizer)
 
     def step(z, t):
-        loss, grad = jax.value_and_grad(lambda z: adapter._dsnt_loss(z, t, None, options, kernels))(z)
-        return loss, grad, adapter._soft_argmax(z, ndim, 1.0, kernels)
+        loss, grad = jax.value_and_grad(lambda z: adapter.dsnt_loss(z, t, None, options, kernels=kernels))(z)
+        return loss, grad, adapter.soft_argmax(z, ndim=ndim, temperature=1.0, kernels=kernels)
 
     text, modules = _triton_modules(step, logits, target)
     assert sum(text.count(call) for call in TRITON_CALL_TARGETS) == 3
