@@ -2,11 +2,15 @@
 
 The machines this runs on are shared and noisy, so the candidates of one group are timed in
 interleaved rounds (each round calls every candidate once) and each keeps its fastest call.
+Each round takes the candidates in a new (seeded) random order: a call is slower right after
+one that allocated and freed a lot of memory (the freed pages go back to the system and come
+back faulting), and a fixed order would charge that to the same candidate in every round.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +34,8 @@ def time_call(candidate: Candidate) -> float:
 
 def time_interleaved(candidates: Sequence[Candidate], repeats: int) -> dict[Candidate, float]:
     """Minimum wall time of each candidate over ``repeats`` interleaved rounds, after one warm-up call each.
+
+    Each round calls the candidates in a shuffled order (seeded: the same orders in every run).
 
     Parameters
     ----------
@@ -56,8 +62,10 @@ def time_interleaved(candidates: Sequence[Candidate], repeats: int) -> dict[Cand
     for candidate in candidates:
         call(candidate)
     best = dict.fromkeys(candidates, math.inf)
+    order, shuffler = list(candidates), random.Random(0)
     for _ in range(repeats):
-        for candidate in candidates:
+        shuffler.shuffle(order)
+        for candidate in order:
             best[candidate] = min(best[candidate], time_call(candidate))
     return best
 
