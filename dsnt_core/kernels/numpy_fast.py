@@ -45,8 +45,10 @@ from .array_api import LOG_P_FLOOR, ArrayAPIKernels
 from .contract import Divergence, DivergenceKind, SoftArgmaxResiduals, SoftmaxStatistics
 
 BLOCK_BYTES = 1 << 20  # about one core's L2 cache on current x86 servers
-#: Blocks of the statistics and gradient passes: they sweep three block-sized buffers at once.
-PASS_BLOCK_BYTES = 1 << 18
+#: Blocks of the statistics and gradient passes (three block-sized buffers at once): 1 MiB measured
+#: about 12% faster than 256 KiB on (32, 17, 64, 64) float32, 2 cores; smaller where that leaves a
+#: thread with fewer than two blocks.
+PASS_BLOCK_BYTES = 1 << 20
 
 
 @functools.lru_cache(maxsize=32)
@@ -128,14 +130,21 @@ class _BlockQueue:
 def _moments_of_blocks(
     flat: np.ndarray, matrix: np.ndarray, result: np.ndarray, blocks: _BlockQueue, block: int
 ) -> None:
-    """``result = exp(flat) @ matrix`` for the cache-sized blocks this thread takes."""
+    """``result = exp(flat) @ matrix`` for the cache-sized blocks this thread takes.
+
+    One matrix-vector product per column of ``matrix`` (a handful): BLAS's matrix-matrix
+    product with so few columns spawns its own threads, which fight this pool's (2.8x one
+    ``exp`` against 1.1x on (32, 17, 64, 64) float32, 2 cores).
+    """
     buffer = _block_buffer(min(block, flat.shape[0]), flat.shape[1], flat.dtype)
+    columns = [np.ascontiguousarray(matrix[:, k]) for k in range(matrix.shape[1])]
     with np.errstate(over="ignore", invalid="ignore"):  # per thread: overflow is detected afterwards
         while (index := blocks.take()) is not None:
             start, stop = index * block, min((index + 1) * block, flat.shape[0])
             exp_block = buffer[: stop - start]
             np.exp(flat[start:stop], out=exp_block)
-            np.matmul(exp_block, matrix, out=result[start:stop])
+            for k, column in enumerate(columns):
+                result[start:stop, k] = exp_block @ column
 
 
 def _unshifted_moments(flat: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -245,7 +254,9 @@ class _Heatmaps:
         return math.prod(self.spatial)
 
     def rows_per_block(self) -> int:
-        return max(1, PASS_BLOCK_BYTES // (self.size * self.array.itemsize))
+        """Heatmaps per block: about `PASS_BLOCK_BYTES`, and at least two blocks per thread."""
+        by_bytes = PASS_BLOCK_BYTES // (self.size * self.array.itemsize)
+        return max(1, min(by_bytes, self.n // (2 * min(4, usable_cores()))))
 
 
 def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
