@@ -45,12 +45,12 @@ def add_part_options(parser: argparse.ArgumentParser) -> None:
     parser : argparse.ArgumentParser
         The parser of a command that runs the suite.
     """
-    parser.add_argument("--quick", action="store_true", help="the pose shape only, 5 rounds, no size sweep")
+    parser.add_argument("--quick", action="store_true", help="pose shape, 5 rounds, no sweep")
     parser.add_argument("--shapes", type=_shapes, default=None, help="groups by label prefix: pose,whole-body,3-d,many")
     parser.add_argument("--libraries", default=None, help="comma-separated: torch,jax,numpy,torch-cuda,cupy")
     parser.add_argument("--sweep", type=_sweep, default=None, help='sides n of the (8, 17, n, n) sweep; "" for none')
     parser.add_argument("--repeats", type=_positive, default=None, help="interleaved rounds (None: the suite's)")
-    parser.add_argument("--no-studies", action="store_true", help="skip saved bytes, passes, compiled, sweep")
+    parser.add_argument("--no-studies", action="store_true", help="no bytes, passes, compiled, sweep")
 
 
 def suite_options(args: argparse.Namespace) -> dict[str, Any]:
