@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsnt_core import dsnt, dsnt_loss, flat_softmax, heatmap_confidence, soft_argmax
+from dsnt_core import dsnt_loss
 from dsnt_core._validation import (
     CONFIDENCE_METHODS,
     REGULARIZERS,
@@ -26,20 +26,9 @@ from dsnt_core._validation import (
     check_positive_finite,
 )
 
+from ._head import head_outputs
+
 __all__ = ["DSNTHead", "DSNTLoss"]
-
-
-def _pixel_soft_argmax(logits: jax.Array, ndim: int, temperature: Any) -> jax.Array:
-    """``soft_argmax`` in pixels: the expectation of the pixel grid ``arange(n)``, in float32 or wider.
-
-    The composed route (``flat_softmax``, then ``dsnt(..., units="pixels")``): XLA turns a
-    division by a constant into a multiplication by its reciprocal, so the normalised grid of
-    the fused ``soft_argmax`` can be an ulp off, and its conversion to pixels would leave about
-    ``n * 1e-7`` pixels at pixel centres; the pixel grid is exact.
-    """
-    wide = logits if logits.dtype in (jnp.float32, jnp.float64) else logits.astype(jnp.float32)
-    heatmaps = flat_softmax(wide, ndim=ndim, temperature=temperature)
-    return dsnt(heatmaps, ndim=ndim, units="pixels").astype(logits.dtype)
 
 
 class DSNTHead(nn.Module):
@@ -137,17 +126,14 @@ class DSNTHead(nn.Module):
             initial = math.log(self.temperature)
             log_temperature = self.param("log_temperature", lambda _key, shape: jnp.full(shape, initial), shape)
             temperature = jnp.exp(log_temperature)
-        if self.units == "pixels":
-            coords = _pixel_soft_argmax(logits, self.ndim, temperature)
-        else:
-            coords = soft_argmax(logits, ndim=self.ndim, temperature=temperature)
-        if not (self.return_heatmaps or self.return_confidence):
-            return coords
-        heatmaps = flat_softmax(logits, ndim=self.ndim, temperature=temperature)
-        outputs = [coords, heatmaps] if self.return_heatmaps else [coords]
-        if self.return_confidence:
-            outputs.append(heatmap_confidence(heatmaps, ndim=self.ndim, method=self.confidence))
-        return tuple(outputs)
+        return head_outputs(
+            logits,
+            ndim=self.ndim,
+            temperature=temperature,
+            units=self.units,
+            return_heatmaps=self.return_heatmaps,
+            confidence=self.confidence if self.return_confidence else None,
+        )
 
 
 class DSNTLoss(nn.Module):
