@@ -344,3 +344,28 @@ def test_flax_head_learns_its_temperature_through_the_fused_rule():
 
     expected = jax.grad(written_out)(params["params"]["log_temperature"])
     np.testing.assert_allclose(np.asarray(grads["log_temperature"]), np.asarray(expected), atol=1e-12)
+
+
+@pytest.mark.parametrize("distance", ["l1", "mse"])
+def test_loss_modules_take_the_distance(distance):
+    torch = pytest.importorskip("torch")
+    from dsnt_torch import DSNTLoss
+
+    logits = torch.tensor(_logits((2, 3, 6, 5)), requires_grad=True)
+    target = torch.tensor(RNG.uniform(-0.7, 0.7, size=(2, 3, 2)))
+    loss = DSNTLoss(sigma=1.5, regularizer="kl", distance=distance)(logits, target)
+    expected = composed_dsnt_loss(logits, target, sigma=1.5, regularizer="kl", distance=distance)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"distance must be one of \['euclidean', 'l1', 'mse'\], got 'l2'"):
+        DSNTLoss(distance="l2")
+    if pytest.importorskip("flax", reason="flax extra") is not None:
+        import jax.numpy as jnp
+        from dsnt_jax.flax_modules import DSNTLoss as LinenLoss
+
+        value = LinenLoss(sigma=1.5, regularizer="kl", distance=distance).apply(
+            {}, jnp.asarray(logits.detach().numpy()), jnp.asarray(target.numpy())
+        )
+        np.testing.assert_allclose(np.asarray(value), expected.item(), atol=1e-12)

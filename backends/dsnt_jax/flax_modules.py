@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from dsnt_core import dsnt_loss
 from dsnt_core._validation import (
     CONFIDENCE_METHODS,
+    DISTANCES,
     REGULARIZERS,
     UNITS,
     check_choice,
@@ -153,13 +154,15 @@ class DSNTLoss(nn.Module):
         Number of spatial axes (1, 2 or 3).
     temperature : float
         Softmax temperature.
+    distance : {"euclidean", "l1", "mse"}
+        The per-point coordinate loss (dsntnn's definitions).
     parent, name : optional
         Flax's own fields of every ``linen.Module`` (the enclosing module, the name in it).
 
     Raises
     ------
     ValueError
-        If ``ndim`` is not 1, 2 or 3, or ``regularizer`` is not one of its choices.
+        If ``ndim`` is not 1, 2 or 3, or ``regularizer`` or ``distance`` is not one of its choices.
 
     Examples
     --------
@@ -178,10 +181,12 @@ class DSNTLoss(nn.Module):
     reg_weight: float = 1.0
     ndim: int = 2
     temperature: float = 1.0
+    distance: str = "euclidean"
 
     def __post_init__(self) -> None:
         check_ndim(self.ndim)
         check_choice(self.regularizer, "regularizer", REGULARIZERS)
+        check_choice(self.distance, "distance", DISTANCES)
         super().__post_init__()
 
     def __call__(self, logits: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> Any:
@@ -210,4 +215,5 @@ class DSNTLoss(nn.Module):
             reg_weight=self.reg_weight,
             ndim=self.ndim,
             temperature=self.temperature,
+            distance=self.distance,
         )

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import torch
 
 from dsnt_core import dsnt_loss, flat_softmax, heatmap_confidence, soft_argmax
-from dsnt_core._validation import CONFIDENCE_METHODS, UNITS, check_choice, check_positive_finite
+from dsnt_core._validation import CONFIDENCE_METHODS, DISTANCES, UNITS, check_choice, check_positive_finite
 
 # Leaf functions for torch.fx.symbolic_trace: each call becomes one call_function node.
 torch.fx.wrap("soft_argmax")
@@ -191,6 +191,8 @@ class DSNTLoss(torch.nn.Module):
         Number of spatial axes (1, 2 or 3).
     temperature : float
         Softmax temperature.
+    distance : {"euclidean", "l1", "mse"}
+        The per-point coordinate loss (dsntnn's definitions).
 
     Notes
     -----
@@ -217,6 +219,7 @@ class DSNTLoss(torch.nn.Module):
         reg_weight: float = 1.0,
         ndim: int = 2,
         temperature: float = 1.0,
+        distance: str = "euclidean",
     ) -> None:
         super().__init__()
         self.options: dict[str, Any] = dict(
@@ -225,6 +228,7 @@ class DSNTLoss(torch.nn.Module):
             reg_weight=reg_weight,
             ndim=ndim,
             temperature=temperature,
+            distance=check_choice(distance, "distance", DISTANCES),
         )
 
     def __prepare_scriptable__(self) -> NoReturn:
