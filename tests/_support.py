@@ -83,6 +83,7 @@ __all__ = [
     "SHIPPED_PACKAGES",
     "Backend",
     "assert_close",
+    "central_differences",
     "assert_within_the_memory_budget",
     "dtype_name",
     "fused_results",
@@ -405,6 +406,24 @@ def make_backend(name: str) -> Backend:
 
 
 # ----------------------------------------------------------------------------------------- kernels
+
+
+def central_differences(
+    fn: Callable[[np.ndarray], Any], x: np.ndarray, cotangent: Any = 1.0, eps: float = 1e-6
+) -> np.ndarray:
+    """Central differences of ``sum(cotangent * fn(x))`` with respect to the NumPy array ``x`` (a copy is stepped)."""
+    x = np.array(x, copy=True)
+    grad = np.zeros_like(x)
+    flat, out = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = np.sum(cotangent * np.asarray(fn(x)))
+        flat[i] = old - eps
+        down = np.sum(cotangent * np.asarray(fn(x)))
+        flat[i] = old
+        out[i] = (up - down) / (2 * eps)
+    return grad
 
 
 def run_in_thread(fn: Callable[..., Any], *args: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _support import central_differences
 
 import dsnt_core
 from dsnt_core.composed import composed_dsnt_loss
@@ -74,19 +75,10 @@ def test_dsnt_loss_with_array_temperature_and_sigma_is_the_composed_form(backend
         backend.assert_close(value, backend.to_numpy(expected), atol=1e-12)
         # the logits' gradient against central differences of the composed form
         z = backend.to_numpy(logits)
-        numeric = _central_differences(
+        numeric = central_differences(
             lambda x: float(backend.to_numpy(composed_dsnt_loss(backend.asarray(x), target, **options))), z
         )
         np.testing.assert_allclose(backend.to_numpy(grad), numeric, atol=1e-7)
-
-
-def _central_differences(fn, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        step = np.zeros_like(x)
-        step[index] = eps
-        grad[index] = (fn(x + step) - fn(x - step)) / (2 * eps)
-    return grad
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -139,7 +131,7 @@ def test_soft_argmax_gradients_reach_the_temperature(library, shape, t_shape, un
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-11)
     # the temperature's gradient against central differences of the fused forward
-    numeric = _central_differences(
+    numeric = central_differences(
         lambda t: float(np.asarray(fused(_native(library, logits), _native(library, t)))), temperature
     )
     np.testing.assert_allclose(grads[1], numeric, atol=1e-7)
@@ -256,7 +248,7 @@ def test_soft_argmax_in_pixels_vjp_matches_the_composed_gradient(backend):
         coords = dsnt_core.dsnt(dsnt_core.flat_softmax(z), units="pixels")
         return float((coords * cotangent).sum())
 
-    backend.assert_close(grad, _central_differences(objective, logits), atol=1e-7)
+    backend.assert_close(grad, central_differences(objective, logits), atol=1e-7)
 
 
 @pytest.mark.parametrize("library", ["torch", "jax"])

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from _support import AUTODIFF, REGULARIZERS, dtype_name
+from _support import AUTODIFF, REGULARIZERS, central_differences, dtype_name
 
 import dsnt_core
 from dsnt_core.composed import composed_dsnt_loss
@@ -390,21 +390,6 @@ def test_torch_compile_fullgraph(backend):
 # ------------------------------------------------------------------------------------------ gradients
 
 
-def finite_difference(fn, x, cotangent, eps=1e-6):
-    """Central differences of ``sum(cotangent * fn(x))`` with respect to the NumPy array ``x``."""
-    grad = np.zeros_like(x)
-    flat, out = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = np.sum(cotangent * fn(x))
-        flat[i] = old - eps
-        down = np.sum(cotangent * fn(x))
-        flat[i] = old
-        out[i] = (up - down) / (2 * eps)
-    return grad
-
-
 def _gradient_cases():
     """(id, function of (x, fixed...), x, fixed NumPy arrays, written-out form for autodiff or None)."""
     _, p2 = heatmaps_for(2, seed=10)
@@ -477,7 +462,7 @@ def test_gradients_match_finite_differences_and_autodiff_of_the_written_out_form
         lambda x: fn(x, *fixed), backend.asarray(x_np), cotangent=backend.asarray(cotangent_np)
     )
     backend.assert_close(value, out_np, rtol=1e-10, atol=1e-13)
-    expected = finite_difference(lambda x: fn(x, *fixed_np), x_np.copy(), cotangent_np)
+    expected = central_differences(lambda x: fn(x, *fixed_np), x_np, cotangent_np)
     backend.assert_close(grad, expected, like=value, shape=x_np.shape, rtol=1e-6, atol=1e-7)
     if written_out is not None:
         _, reference = backend.value_and_grad(

@@ -199,12 +199,14 @@ class DSNTLoss(nnx.Module):
         temperature: float = 1.0,
         distance: str = "euclidean",
     ) -> None:
-        self.sigma = check_positive_finite(sigma, "sigma")
-        self.regularizer = check_choice(regularizer, "regularizer", REGULARIZERS)
-        self.reg_weight = check_nonnegative_finite(reg_weight, "reg_weight")
-        self.ndim = check_ndim(ndim)
-        self.temperature = check_positive_finite(temperature, "temperature")
-        self.distance = check_choice(distance, "distance", DISTANCES)
+        self.options: dict[str, Any] = dict(
+            sigma=check_positive_finite(sigma, "sigma"),
+            regularizer=check_choice(regularizer, "regularizer", REGULARIZERS),
+            reg_weight=check_nonnegative_finite(reg_weight, "reg_weight"),
+            ndim=check_ndim(ndim),
+            temperature=check_positive_finite(temperature, "temperature"),
+            distance=check_choice(distance, "distance", DISTANCES),
+        )
 
     def __call__(self, logits: jax.Array, target: jax.Array, mask: jax.Array | None = None) -> Any:
         """The loss of ``logits`` against ``target``.
@@ -223,14 +225,4 @@ class DSNTLoss(nnx.Module):
         jax.Array
             The 0-d loss, in the logits' dtype.
         """
-        return dsnt_loss(
-            logits,
-            target,
-            mask=mask,
-            sigma=self.sigma,
-            regularizer=self.regularizer,
-            reg_weight=self.reg_weight,
-            ndim=self.ndim,
-            temperature=self.temperature,
-            distance=self.distance,
-        )
+        return dsnt_loss(logits, target, mask=mask, **self.options)

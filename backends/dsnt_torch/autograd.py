@@ -72,13 +72,6 @@ def _restored_temperature(ctx: Any, saved: list[torch.Tensor]) -> Any:
     return saved.pop() if ctx.temperature_is_tensor else ctx.temperature
 
 
-def _temperature_grad(ctx: Any, index: int, grad: Any, log_weights: Any, temperature: Any, ndim: int) -> Any:
-    """``dL/dT`` when the temperature (input ``index``) is a tensor that needs it, else ``None``."""
-    if not (ctx.temperature_is_tensor and ctx.needs_input_grad[index]):
-        return None
-    return cast(torch.Tensor, temperature_cotangent(xp, grad, log_weights, temperature, ndim))
-
-
 def _logits_tangent(logits: torch.Tensor, d_logits: Any, temperature: Any, d_temperature: Any, ndim: int) -> Any:
     """The logits' tangent that includes a temperature tangent (``tangent_with_temperature``)."""
     if d_temperature is None or not isinstance(temperature, torch.Tensor):
@@ -127,7 +120,7 @@ class SoftArgmaxReverseFunction(torch.autograd.Function):
         grad_temperature = None
         if ctx.temperature_is_tensor and ctx.needs_input_grad[2]:
             scaled = scaled_logits(xp, logits, per_heatmap(xp, temperature, ndim, residuals.mu.dtype))
-            grad_temperature = _temperature_grad(ctx, 2, grad, scaled, temperature, ndim)
+            grad_temperature = temperature_cotangent(xp, grad, scaled, temperature, ndim)
         return grad, None, grad_temperature, None, None
 
 
@@ -193,7 +186,7 @@ class SoftArgmaxKeepingHeatmapFunction(torch.autograd.Function):
         grad_temperature = None
         if ctx.temperature_is_tensor and ctx.needs_input_grad[2]:
             log_p = torch.log(heatmap.to(mu.dtype))
-            grad_temperature = _temperature_grad(ctx, 2, grad, log_p, temperature, ctx.ndim)
+            grad_temperature = temperature_cotangent(xp, grad, log_p, temperature, ctx.ndim)
         return grad, None, grad_temperature, None, None
 
 
